@@ -1,0 +1,132 @@
+"""The ``medssl`` command: Lightning's fit/validate/test/predict plus the project's own subcommands.
+
+``medssl fit --config a.yaml --config b.yaml --data.fold 3`` is LightningCLI (jsonargparse): stacked
+configs, ``--print_config``, and the resolved ``config.yaml`` saved in every run's log folder.
+The project's subcommands (``synth``, ``check``, ...) are plain argparse. Every user mistake
+ends as one ``medssl: error: ...`` line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from medssl.errors import MedsslError, one_line
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+HELP = """usage: medssl COMMAND [options]
+
+Self-supervised pretraining and lesion detection on 3-D MRI (PI-CAI, BraTS, datalists).
+
+Lightning commands (configs in YAML, any key overridable as --section.key value):
+  fit          train a model:        medssl fit --config configs/pretrain/cswin_tiny.yaml --data.root DIR
+  validate     validate a checkpoint
+  test         test a checkpoint
+  predict      predict with a checkpoint
+Project commands:
+  synth        write synthetic data in the PI-CAI or BraTS layout:  medssl synth picai OUT --cases 30
+  check        read every case and summarise a data set:           medssl check ROOT --layout picai
+{extra}
+Run `medssl COMMAND --help` for a command's options.
+"""
+
+
+def _synth(argv: list[str]) -> int:
+    from medssl.data.synth import synth_brats, synth_picai
+
+    parser = argparse.ArgumentParser(prog="medssl synth", description="Write synthetic data in a real layout.")
+    parser.add_argument("layout", choices=["picai", "brats"])
+    parser.add_argument("out", help="destination folder")
+    parser.add_argument("--cases", type=int, default=None, help="number of cases (30 PI-CAI, 12 BraTS)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.layout == "picai":
+        ids = synth_picai(args.out, cases=args.cases or 30, seed=args.seed)
+    else:
+        ids = synth_brats(args.out, cases=args.cases or 12, seed=args.seed)
+    print(f"wrote {len(ids)} synthetic {args.layout} cases to {args.out}")
+    return 0
+
+
+def _check(argv: list[str]) -> int:
+    from medssl.check import check_dataset, format_summary
+
+    parser = argparse.ArgumentParser(prog="medssl check", description="Read every case and summarise the data.")
+    parser.add_argument("root", help="data root (PI-CAI: the folder holding images/; datalist: the file)")
+    parser.add_argument("--layout", choices=["picai", "brats", "datalist"], required=True)
+    parser.add_argument("--labels", default=None, help="PI-CAI picai_labels folder (default: beside images/)")
+    parser.add_argument("--label-source", default="human_expert", choices=["human_expert", "AI", "human_expert+AI"])
+    parser.add_argument("--modalities", default=None, help="comma-separated modalities (datalist)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = parser.parse_args(argv)
+    modalities = args.modalities.split(",") if args.modalities else None
+    summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities)
+    for line in summary["errors"]:
+        print(f"medssl: error: {line}", file=sys.stderr)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 1 if summary["errors"] else 0
+
+
+OWN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "synth": (_synth, ""),
+    "check": (_check, ""),
+}
+
+
+def register(name: str, func: Callable[[list[str]], int], help_line: str) -> None:
+    """Add a project subcommand (later modules: cv, reconstruct, quickstart)."""
+    OWN_COMMANDS[name] = (func, help_line)
+
+
+def run_lightning(argv: list[str]) -> None:
+    from medssl.lightning_cli import MedsslCLI
+
+    MedsslCLI(args=argv)
+
+
+def _load_plugins() -> None:
+    # Subcommands that live beside their features register themselves on import.
+    import importlib
+
+    for module in ("medssl.cv", "medssl.reconstruct", "medssl.quickstart"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _load_plugins()
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            extra = "".join(f"  {name:<12} {line}\n" for name, (_, line) in OWN_COMMANDS.items() if line)
+            print(HELP.format(extra=extra.rstrip("\n")))
+            return 0
+        command = argv[0]
+        if command in OWN_COMMANDS:
+            return OWN_COMMANDS[command][0](argv[1:])
+        if command in LIGHTNING_COMMANDS:
+            run_lightning(argv)
+            return 0
+        print(f"medssl: error: unknown command {command!r}; run `medssl --help`", file=sys.stderr)
+        return 2
+    except MedsslError as e:
+        print(f"medssl: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medssl: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

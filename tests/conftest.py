@@ -1,0 +1,51 @@
+"""Shared fixtures: synthetic data sets in the real layouts, made once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medssl.data.synth import synth_brats, synth_picai
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def picai_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("picai")
+    synth_picai(root, cases=30, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def brats_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    synth_brats(root, cases=8, seed=1, size=(32, 32, 24))
+    return root
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
+    """Write ``array`` ([D, H, W]) with the given geometry (x, y, z)."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(tuple(np.asarray(direction, dtype=float).ravel()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def run_medssl(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "medssl.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
