@@ -23,7 +23,7 @@ class MedsslCLI(LightningCLI):
             save_config_callback=SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            parser_kwargs={"prog": "medssl", "env_prefix": "MEDSSL"},
+            parser_kwargs={"prog": "medssl", "env_prefix": "MEDSSL", "allow_abbrev": False},
             args=args,
             run=run,
             **kwargs,

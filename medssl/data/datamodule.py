@@ -76,7 +76,7 @@ class MRIDataModule(LightningDataModule):
         batch_size: int = 2,
         num_workers: int = 0,
         cache_dir: str | None = ".medssl_cache",
-        augmentation: Augmentation | None = Augmentation(),
+        augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (read-only default)
         fold: int = 0,
         n_folds: int = 5,
         split_file: str | None = None,

@@ -1,0 +1,96 @@
+"""Pretraining systems: BM-MAE (multimodal masked autoencoding) and CSwin UNet (multi-task SSL)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+
+from medssl.errors import ConfigError
+from medssl.models.bmmae import BMMAE
+from medssl.systems.common import adamw_warmup_cosine, data_metadata, log_image_grid, mid_slice, param_groups
+
+
+def check_data_matches(module: LightningModule, modalities, img_size=None) -> None:
+    """Refuse a data module whose channels or crop the model cannot take, naming the key to change."""
+    dm = getattr(module.trainer, "datamodule", None)
+    if dm is None:
+        return
+    if list(modalities) != list(dm.modalities):
+        raise ConfigError(f"the model expects modalities {list(modalities)} but data.modalities is "
+                          f"{list(dm.modalities)}; make them equal")
+    if img_size is not None:
+        crop = dm.patch_size or dm.spatial_size
+        if crop is None or tuple(crop) != tuple(img_size):
+            raise ConfigError(f"the model takes volumes of {list(img_size)}; set data.spatial_size (or "
+                              f"data.patch_size) to {list(img_size)}, got {list(crop) if crop else None}")
+
+
+class BMMAEPretrainSystem(LightningModule):
+    """BM-MAE pretraining: the reference masking and loss, AdamW with warm-up cosine.
+
+    Cases lacking modalities train too: the model draws the visible budget and the loss over the
+    modalities each case has (see ``BMMAE.forward``).
+
+    Args:
+        net: the ``BMMAE`` model (with its decoder).
+        lr: peak learning rate (reference 1e-4).
+        weight_decay: AdamW weight decay (reference 0.05).
+        warmup_epochs: linear warm-up length (reference 50).
+        cosine_cycles: cosine periods over training; the reference's 1500-epoch period over 1000
+            epochs is 1000 / 1500 / 2 = 0.333.
+        image_every_n_epochs: reconstruction images every this many epochs (0 = never).
+    """
+
+    def __init__(self, net: BMMAE, lr: float = 1e-4, weight_decay: float = 0.05, warmup_epochs: float = 50,
+                 cosine_cycles: float = 1 / 3, image_every_n_epochs: int = 10):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+
+    def setup(self, stage: str) -> None:
+        check_data_matches(self, self.net.modalities, self.net.img_size)
+
+    def _volumes(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        image = batch["image"]  # [B, M, D, H, W]
+        return {m: image[:, i: i + 1] for i, m in enumerate(self.net.modalities)}, batch["modality_mask"]
+
+    def training_step(self, batch, batch_idx):
+        volumes, mask = self._volumes(batch)
+        out = self.net(volumes, mask)
+        bs = mask.shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
+        for m, value in out["loss_per_modality"].items():
+            self.log(f"train/loss_{m}", value, batch_size=bs, sync_dist=True)
+        every = self.hparams.image_every_n_epochs
+        if every and batch_idx == 0 and self.current_epoch % every == 0:
+            self._log_reconstruction(volumes, mask, out)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        volumes, mask = self._volumes(batch)
+        out = self.net(volumes, mask)
+        self.log("val/loss", out["loss"], batch_size=mask.shape[0], sync_dist=True)
+
+    @torch.no_grad()
+    def _log_reconstruction(self, volumes, modality_mask, out) -> None:
+        """Per modality of the first sample: input, visible patches, reconstruction (mid slice)."""
+        net, n = self.net, self.net.num_patches
+        rows = {}
+        for j, m in enumerate(out["modalities"]):
+            if not bool(modality_mask[0, net.modalities.index(m)]):
+                continue
+            tokens = slice(j * n, (j + 1) * n)
+            hidden = out["mask"][:1, tokens, None].expand(-1, -1, net.patch_size**3)  # [1, N, p^3], 1 = masked
+            visible = net.unpatchify(net.patchify(volumes[m][:1]) * (1 - hidden))
+            recon = net.unpatchify(out["pred"][:1, tokens].float())
+            rows[m] = [mid_slice(volumes[m][0, 0]), mid_slice(visible[0, 0]), mid_slice(recon[0, 0])]
+        if rows:
+            log_image_grid(self, "reconstruction", rows, ["input", "visible", "reconstruction"])
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = param_groups(self.net, h.weight_decay, self.net.no_weight_decay())
+        return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs, h.cosine_cycles)
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["medssl"] = {"architecture": "bmmae", **data_metadata(self)}
