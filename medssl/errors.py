@@ -22,11 +22,11 @@ class DataError(MedsslError):
         self.path = path
 
 
-class ConfigError(MedsslError):
+class ConfigError(MedsslError, ValueError):
     """A config value that cannot work: names the key and what to change."""
 
 
-class CheckpointError(MedsslError):
+class CheckpointError(MedsslError, ValueError):
     """A checkpoint that cannot or must not be loaded."""
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -40,6 +39,9 @@ from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from medssl.checkpoint import load_checkpoint
+from medssl.errors import CheckpointError
 
 __all__ = [
     "BMMAE",
@@ -895,12 +897,7 @@ class BMMAEClassifier(_MultimodalNet):
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
     """``torch.load(weights_only=True)``; files that need arbitrary unpickling are refused, never run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{os.fspath(path)} is not a plain tensor checkpoint; refusing to unpickle ({err})"
-        ) from None
+    return load_checkpoint(path)
 
 
 def checkpoint_filter_fn(state_dict: Mapping, model: BMMAE) -> dict[str, Tensor]:
@@ -916,7 +913,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: BMMAE) -> dict[str, Tensor]
     """
     saved = state_dict.get("modalities")
     if saved is not None and tuple(saved) != tuple(model.modalities):
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint was trained on modalities {tuple(saved)} but the model has {model.modalities}; "
             "set model.init_args.modalities to match"
         )
@@ -984,14 +981,14 @@ def load_encoder_weights(model: BMMAE, state_dict: Mapping, strict: bool = False
     """
     loadable, report = filter_state_dict(state_dict, model)
     if not loadable:
-        raise ValueError(f"no checkpoint key matches the model (first keys: {list(state_dict)[:5]})")
+        raise CheckpointError(f"no checkpoint key matches the model (first keys: {list(state_dict)[:5]})")
     problems = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
     if strict and problems:
         lines = [
             f"{kind} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
             for kind, keys in problems.items()
         ]
-        raise ValueError("checkpoint does not match BMMAE:\n  " + "\n  ".join(lines))
+        raise CheckpointError("checkpoint does not match BMMAE:\n  " + "\n  ".join(lines))
     model.load_state_dict(loadable, strict=False)
     _logger.info(
         "BMMAE weights: %d loaded, %d skipped, %d unexpected, %d missing, %d mismatched",

@@ -249,7 +249,7 @@ def test_from_official_refuses_pickle_payload(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"cls_token": torch.zeros(1, 1, 48), "x": _Payload(str(target))}, path)
-    with pytest.raises(ValueError, match="refusing to unpickle"):
+    with pytest.raises(ValueError, match="refused: the file is not a plain weights file"):
         BMMAE.from_official(path, **TINY)
     assert not target.exists()
 
