@@ -92,3 +92,20 @@ def log_image_grid(
     if experiment is not None and hasattr(experiment, "add_image"):
         experiment.add_image(tag, rgb, module.global_step, dataformats="HWC")
     return out
+
+
+def check_in_channels(net: torch.nn.Module, modalities: list[str]) -> None:
+    """The net must take one input channel per data modality (BM-MAE: the same modality names)."""
+    from medssl.errors import ConfigError
+
+    encoder = getattr(net, "encoder", None)
+    if isinstance(getattr(encoder, "modalities", None), tuple):  # BM-MAE: one tokenizer per modality
+        if list(encoder.modalities) != list(modalities):
+            raise ConfigError(f"the net's modalities are {list(encoder.modalities)}; set "
+                              f"model.init_args.net.init_args.modalities to {list(modalities)} (data.modalities)")
+        return
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv3d)), None)
+    if first is not None and first.in_channels != len(modalities):
+        raise ConfigError(f"the net takes {first.in_channels} input channels; set "
+                          f"model.init_args.net.init_args.in_channels to {len(modalities)} for "
+                          f"{', '.join(modalities)}")

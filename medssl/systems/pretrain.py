@@ -7,7 +7,15 @@ from lightning.pytorch import LightningModule
 
 from medssl.errors import ConfigError
 from medssl.models.bmmae import BMMAE
-from medssl.systems.common import adamw_warmup_cosine, data_metadata, log_image_grid, mid_slice, param_groups
+from medssl.models.ssl_heads import AutomaticWeightedLoss, CSwinSSLModel, ssl_step
+from medssl.systems.common import (
+    adamw_warmup_cosine,
+    check_in_channels,
+    data_metadata,
+    log_image_grid,
+    mid_slice,
+    param_groups,
+)
 
 
 def check_data_matches(module: LightningModule, modalities, img_size=None) -> None:
@@ -94,3 +102,70 @@ class BMMAEPretrainSystem(LightningModule):
 
     def on_save_checkpoint(self, checkpoint) -> None:
         checkpoint["medssl"] = {"architecture": "bmmae", **data_metadata(self)}
+
+
+class CSwinPretrainSystem(LightningModule):
+    """CSwin UNet multi-task pretraining: rotation, contrastive and inpainting, automatically weighted.
+
+    ``L = sum_i 0.5 / s_i^2 * L_i + log(1 + s_i^2)`` with learned ``s_i``; each loss and each weight is
+    logged, and inpainting images (masked view, target, reconstruction) are saved every N epochs.
+
+    Args:
+        net: the ``CSwinSSLModel`` (its ``encoder`` transfers to ``CSwinUNet``).
+        lr: peak learning rate (reference 4e-4).
+        weight_decay: AdamW weight decay (reference 0.1).
+        warmup_epochs: linear warm-up length.
+        temperature: NT-Xent temperature (0.5).
+        image_every_n_epochs: inpainting images every this many epochs (0 = never).
+    """
+
+    TASKS = ("rot", "contrastive", "inpaint")
+
+    def __init__(self, net: CSwinSSLModel, lr: float = 4e-4, weight_decay: float = 0.1, warmup_epochs: float = 5,
+                 temperature: float = 0.5, image_every_n_epochs: int = 10):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.loss_weights = AutomaticWeightedLoss(len(self.TASKS))
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            check_in_channels(self.net, dm.modalities)
+        crop = (dm.patch_size or dm.spatial_size) if dm is not None else None
+        if crop is not None and crop[1] != crop[2]:
+            raise ConfigError(f"axial rotation needs a square in-plane crop; set data.patch_size (or "
+                              f"data.spatial_size) to [{crop[0]}, {crop[1]}, {crop[1]}]")
+
+    def _step(self, batch, stage: str):
+        out = ssl_step(self.net, batch["image"], temperature=self.hparams.temperature)
+        losses = [out[f"loss_{t}"] for t in self.TASKS]
+        loss = self.loss_weights(*losses)
+        bs = batch["image"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        for task, value, weight in zip(self.TASKS, losses, self.loss_weights.weights()):
+            self.log(f"{stage}/loss_{task}", value, batch_size=bs, sync_dist=True)
+            if stage == "train":
+                self.log(f"weight/{task}", weight, batch_size=bs)
+        return loss, out
+
+    def training_step(self, batch, batch_idx):
+        loss, out = self._step(batch, "train")
+        every = self.hparams.image_every_n_epochs
+        if every and batch_idx == 0 and self.current_epoch % every == 0:
+            rows = {f"channel {c}": [mid_slice(out[k][0, c]) for k in ("views", "targets", "reconstructions")]
+                    for c in range(out["views"].shape[1])}
+            log_image_grid(self, "inpainting", rows, ["masked view", "target", "reconstruction"])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = param_groups(self.net, h.weight_decay, self.net.no_weight_decay())
+        groups.append({"params": list(self.loss_weights.parameters()), "weight_decay": 0.0})
+        return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs)
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["medssl"] = {"architecture": "cswin_unet", **data_metadata(self)}

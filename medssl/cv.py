@@ -1,0 +1,175 @@
+"""``medssl cv``: patient-grouped k-fold finetuning, detection maps in original geometry, PI-CAI report.
+
+For each fold: fit (resuming from ``last.ckpt`` when a fold was interrupted), reload the best
+checkpoint by PI-CAI score, predict every validation case, write its detection map on the case's
+own T2W grid, and mark the fold done. A finished fold is never run again. The report re-scores
+every fold with picai_eval from exactly the written maps. ``--twin`` also runs the same recipe
+from scratch (``init_from`` unset) under ``OUTPUT/scratch/`` and sets both side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from medssl.checkpoint import load_checkpoint, state_dict_of
+from medssl.cli import register
+from medssl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+DONE = "fold_result.json"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _checkpoint_callback(trainer, fold_dir: Path) -> ModelCheckpoint:
+    """The fold's best-by-score checkpoint callback, saving under ``fold_dir/checkpoints``."""
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    best = next((cb for cb in callbacks if cb.monitor), None)
+    if best is None:
+        best = ModelCheckpoint(monitor="val/score", mode="max", save_last=True)
+        trainer.callbacks.append(best)
+    for cb in callbacks or [best]:
+        cb.dirpath = str(fold_dir / "checkpoints")
+    best.save_last = True
+    return best
+
+
+def predict_fold(system, dm, out_dir: Path) -> dict[str, str]:
+    """Detection map of every validation case on its original reference (T2W) grid. Returns case -> path."""
+    from medssl.evaluation.detection import detection_map, probability_to_original, write_image_like
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    system.eval()
+    dataset = dm.make_dataset(dm.val_cases, with_labels=True, train=False)  # shares the validation cache
+    reference = dm.preprocessing(False).reference_order
+    paths = {}
+    for i, case in enumerate(dm.val_cases):
+        item = dataset[i]
+        image = item["image"][None].to(system.device)
+        mask = torch.as_tensor(item["modality_mask"])[None].to(system.device)
+        prob = system.lesion_probability(image, mask)[0]  # [D, H, W] on the preprocessing grid
+        ref_path = next(case.images[m] for m in reference if case.images.get(m))
+        det = detection_map(probability_to_original(prob, item["grid"].numpy(), ref_path))
+        path = out_dir / f"{case.case_id}.nii.gz"
+        write_image_like(det, ref_path, path)
+        paths[case.case_id] = str(path)
+    return paths
+
+
+def run_fold(configs: list[str], overrides: list[str], fold: int, fold_dir: Path, split_file: Path,
+             scratch: bool) -> dict[str, Any]:
+    """Finetune and predict one fold; returns (and saves) its result record."""
+    from medssl.lightning_cli import MedsslCLI
+
+    args = [a for c in configs for a in ("--config", c)] + list(overrides) + [
+        "--data.fold", str(fold), "--data.split_file", str(split_file),
+        "--trainer.default_root_dir", str(fold_dir)]
+    if scratch:
+        args += ["--model.init_args.init_from", "null"]
+    cli = MedsslCLI(args=args, run=False)
+    system, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    if not hasattr(system, "lesion_probability"):
+        raise ConfigError("medssl cv needs a detection system: set model.class_path to "
+                          "medssl.systems.finetune.DetectionSystem")
+    best = _checkpoint_callback(trainer, fold_dir)
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        logger.info("fold %d: resuming from %s", fold, last)
+    trainer.fit(system, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    chosen = best.best_model_path if best.best_model_path and Path(best.best_model_path).is_file() else str(last)
+    if Path(chosen).is_file():
+        system.load_state_dict(state_dict_of(load_checkpoint(chosen)))
+    dm.setup("predict")
+    paths = predict_fold(system, dm, fold_dir / "predictions")
+    labelled = {c.case_id: c.label for c in dm.val_cases}
+    record = {
+        "fold": fold,
+        "cases": sorted(paths),
+        "predictions": paths,
+        "labels": labelled,
+        "checkpoint": chosen,
+        "init_from": system.hparams.init_from,
+        "leaked_cases": list(system.leaked_cases),
+        "train_cases": len(dm.train_cases),
+    }
+    _write_json(fold_dir / DONE, record)  # written last: a fold with this file is finished
+    return record
+
+
+def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, output: str | Path,
+           twin: bool = False) -> dict[str, Any]:
+    """Run the folds (skipping finished ones) and write the report. Returns the report."""
+    from medssl.evaluation.picai import evaluate_maps
+    from medssl.evaluation.report import write_cv_report
+    from medssl.lightning_cli import MedsslCLI
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    probe = MedsslCLI(args=[*[a for c in configs for a in ("--config", c)], *overrides], run=False)
+    n_folds = probe.datamodule.n_folds
+    pretrained = bool(getattr(probe.model.hparams, "init_from", None))
+    folds = list(range(n_folds)) if folds is None else folds
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad:
+        raise ConfigError(f"--folds {bad} outside 0..{n_folds - 1} (data.n_folds is {n_folds})")
+    split_file = output / "splits.json"
+    runs = {"pretrained" if pretrained else "scratch": (output, False)}
+    if twin and pretrained:
+        runs["scratch"] = (output / "scratch", True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, (run_dir, scratch) in runs.items():
+        results[name] = []
+        for k in folds:
+            fold_dir = run_dir / f"fold_{k}"
+            done = fold_dir / DONE
+            if done.is_file():
+                logger.info("%s fold %d: finished before, not run again", name, k)
+                record = json.loads(done.read_text())
+            else:
+                logger.info("%s fold %d: training", name, k)
+                record = run_fold(configs, overrides, k, fold_dir, split_file, scratch)
+            record["metrics"] = evaluate_maps(record["predictions"], record["labels"])
+            results[name].append(record)
+    leaked = sorted({c for recs in results.values() for r in recs for c in r.get("leaked_cases", [])})
+    extra = {"leakage": {"validated_cases_seen_in_pretraining": leaked,
+                         "note": "validation cases that the init_from checkpoint was pretrained on" if leaked
+                         else "no validation case was in the pretraining data (or the checkpoint does not say)"}}
+    return write_cv_report(output, results, extra)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="medssl cv", description="Patient-grouped k-fold finetuning with PI-CAI evaluation. Any other "
+        "option (e.g. --trainer.max_epochs 2, --data.root DIR) is passed to each fold's fit.")
+    parser.add_argument("--config", action="append", required=True, help="finetuning config (repeatable)")
+    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--twin", action="store_true",
+                        help="also run the from-scratch twin (model.init_from unset) and compare")
+    args, overrides = parser.parse_known_args(argv)
+    folds = None
+    if args.folds:
+        try:
+            folds = [int(f) for f in args.folds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--folds {args.folds!r}: give fold numbers like 0,1,2") from None
+    report = run_cv(args.config, overrides, folds, args.output, args.twin)
+    main_run = report.get("mean", {})
+    print(f"wrote {Path(args.output) / 'cv_report.json'}: mean AUROC {main_run.get('auroc')}, "
+          f"AP {main_run.get('ap')}, score {main_run.get('score')}")
+    return 0
+
+
+register("cv", _main, "k-fold finetuning + PI-CAI report: medssl cv --config CFG --output DIR [--twin]")
