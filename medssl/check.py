@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from medssl.data.datamodule import MRIDataModule
-from medssl.data.preprocess import load_case
-from medssl.errors import DataError, MedsslError
+from medssl.data.layouts import discover
+from medssl.data.preprocess import load_case, preprocessing_for
+from medssl.errors import DataError
 
 
 def check_dataset(
@@ -23,10 +23,9 @@ def check_dataset(
         ``modalities`` ({modality: cases that have it}), ``geometry`` (reference spacing and size
         ranges, x/y/z) and ``errors`` (one line per unusable case).
     """
-    dm = MRIDataModule(layout=layout, root=root, labels_root=labels_root, label_source=label_source,
-                       modalities=modalities, cache_dir=None)
-    cases = dm.discover()
-    prep = dm.preprocessing(with_labels=True)
+    cases = discover(layout, root, labels_root, label_source, modalities)
+    modalities = list(modalities or cases[0].images)
+    prep = preprocessing_for(layout, modalities, with_labels=True)
     errors: list[str] = []
     positive = 0
     spacings, sizes = [], []
@@ -56,7 +55,7 @@ def check_dataset(
         "patients": len({c.patient_id for c in cases}),
         "labelled": sum(c.label is not None for c in cases),
         "positive": positive,
-        "modalities": {m: presence.get(m, 0) for m in dm.modalities},
+        "modalities": {m: presence.get(m, 0) for m in modalities},
         "geometry": geometry,
         "errors": errors,
     }
@@ -78,5 +77,3 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"  unusable cases {len(s['errors'])}" if s["errors"] else "  all cases readable")
     return "\n".join(lines)
 
-
-__all__ = ["check_dataset", "format_summary", "MedsslError"]

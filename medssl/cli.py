@@ -9,9 +9,11 @@ ends as one ``medssl: error: ...`` line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from medssl.errors import MedsslError, one_line
@@ -27,9 +29,7 @@ Lightning commands (configs in YAML, any key overridable as --section.key value)
   test         test a checkpoint
   predict      predict with a checkpoint
 Project commands:
-  synth        write synthetic data in the PI-CAI or BraTS layout:  medssl synth picai OUT --cases 30
-  check        read every case and summarise a data set:           medssl check ROOT --layout picai
-{extra}
+{commands}
 Run `medssl COMMAND --help` for a command's options.
 """
 
@@ -70,15 +70,17 @@ def _check(argv: list[str]) -> int:
     return 1 if summary["errors"] else 0
 
 
-OWN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "synth": (_synth, ""),
-    "check": (_check, ""),
+# name -> ("module:function", help line); a command's module is imported only when it runs,
+# so `medssl --help` and `medssl synth` start without torch, Lightning or MONAI.
+OWN_COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("medssl.cli:_synth", "write synthetic data in a real layout:  medssl synth picai OUT --cases 30"),
+    "check": ("medssl.cli:_check", "read every case and summarise a data set:  medssl check ROOT --layout picai"),
+    "cv": ("medssl.cv:main", "k-fold finetuning + PI-CAI report:  medssl cv --config CFG --output DIR [--twin]"),
+    "reconstruct": ("medssl.reconstruct:main",
+                    "fill in missing sequences with BM-MAE:  medssl reconstruct --checkpoint CKPT --data.root DIR "
+                    "--output OUT"),
+    "quickstart": ("medssl.quickstart:main", "synthetic data -> pretrain -> 5-fold CV, both twins:  medssl quickstart"),
 }
-
-
-def register(name: str, func: Callable[[list[str]], int], help_line: str) -> None:
-    """Add a project subcommand (later modules: cv, reconstruct, quickstart)."""
-    OWN_COMMANDS[name] = (func, help_line)
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -87,30 +89,24 @@ def run_lightning(argv: list[str]) -> None:
     MedsslCLI(args=argv)
 
 
-def _load_plugins() -> None:
-    # Subcommands that live beside their features register themselves on import.
-    import importlib
-
-    for module in ("medssl.cv", "medssl.reconstruct", "medssl.quickstart"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+def _own_command(name: str) -> Callable[[list[str]], int]:
+    module, func = OWN_COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # project subcommands drive LightningCLI with args of their own; that is intended here
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     try:
-        _load_plugins()
         if not argv or argv[0] in ("-h", "--help", "help"):
-            extra = "".join(f"  {name:<12} {line}\n" for name, (_, line) in OWN_COMMANDS.items() if line)
-            print(HELP.format(extra=extra.rstrip("\n")))
+            commands = "".join(f"  {name:<12} {line}\n" for name, (_, line) in OWN_COMMANDS.items())
+            print(HELP.format(commands=commands.rstrip("\n")))
             return 0
         command = argv[0]
         if command in OWN_COMMANDS:
-            return OWN_COMMANDS[command][0](argv[1:])
+            return _own_command(command)(argv[1:])
         if command in LIGHTNING_COMMANDS:
             run_lightning(argv)
             return 0

@@ -20,7 +20,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medssl.checkpoint import load_checkpoint, state_dict_of
-from medssl.cli import register
 from medssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def _checkpoint_callback(trainer, fold_dir: Path) -> ModelCheckpoint:
     callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
     best = next((cb for cb in callbacks if cb.monitor), None)
     if best is None:
-        best = ModelCheckpoint(monitor="val/score", mode="max", save_last=True)
+        best = ModelCheckpoint(monitor="val/score", mode="max", save_last=True, enable_version_counter=False)
         trainer.callbacks.append(best)
     for cb in callbacks or [best]:
         cb.dirpath = str(fold_dir / "checkpoints")
@@ -149,7 +148,7 @@ def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, ou
     return write_cv_report(output, results, extra)
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="medssl cv", description="Patient-grouped k-fold finetuning with PI-CAI evaluation. Any other "
         "option (e.g. --trainer.max_epochs 2, --data.root DIR) is passed to each fold's fit.")
@@ -170,6 +169,3 @@ def _main(argv: list[str]) -> int:
     print(f"wrote {Path(args.output) / 'cv_report.json'}: mean AUROC {main_run.get('auroc')}, "
           f"AP {main_run.get('ap')}, score {main_run.get('score')}")
     return 0
-
-
-register("cv", _main, "k-fold finetuning + PI-CAI report: medssl cv --config CFG --output DIR [--twin]")

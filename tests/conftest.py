@@ -47,5 +47,5 @@ def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(
 def run_medssl(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed CLI as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "medssl.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "medssl", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)

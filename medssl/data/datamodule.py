@@ -22,8 +22,8 @@ from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
-from medssl.data.layouts import LABEL_MAX, MODALITIES, REFERENCE_ORDER, Case, discover
-from medssl.data.preprocess import Preprocessing, read_image
+from medssl.data.layouts import MODALITIES, Case, discover
+from medssl.data.preprocess import Preprocessing, preprocessing_for, read_image
 from medssl.data.splits import load_or_make_folds
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
 from medssl.errors import ConfigError
@@ -118,18 +118,8 @@ class MRIDataModule(LightningDataModule):
         return cases
 
     def preprocessing(self, with_labels: bool) -> Preprocessing:
-        if self.layout == "datalist":
-            reference_order, require = tuple(self.modalities), False
-        else:
-            reference_order = tuple(m for m in REFERENCE_ORDER[self.layout] if m in self.modalities) or tuple(
-                self.modalities)
-            require = self.layout == "picai"
-        label_mode = "none"
-        if with_labels:
-            label_mode = "brats_regions" if self.task == "segmentation" else "binary"
-        values = (0, 1, 2, 4) if self.layout == "brats" else tuple(range(LABEL_MAX.get(self.layout, 255) + 1))
-        return Preprocessing(tuple(self.modalities), reference_order, require, self.spacing, self.spatial_size,
-                             label_mode, values)
+        return preprocessing_for(self.layout, self.modalities, with_labels, self.task, self.spacing,
+                                 self.spatial_size)
 
     def dataset_key(self) -> str:
         """Identifies the data source (not the preprocessing) for default split and cache files."""

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medssl.data.layouts import LABEL_MAX, REFERENCE_ORDER
 from medssl.errors import DataError
 
 PREPROCESS_VERSION = 1
@@ -52,6 +53,25 @@ class Preprocessing:
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "version": PREPROCESS_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def preprocessing_for(
+    layout: str,
+    modalities: list[str],
+    with_labels: bool,
+    task: str = "detection",
+    spacing: tuple[float, float, float] | None = None,
+    spatial_size: tuple[int, int, int] | None = None,
+) -> Preprocessing:
+    """The preprocessing settings of a layout: its reference grid, its label values and encoding."""
+    if layout in REFERENCE_ORDER:
+        reference_order = tuple(m for m in REFERENCE_ORDER[layout] if m in modalities) or tuple(modalities)
+    else:
+        reference_order = tuple(modalities)
+    label_mode = ("brats_regions" if task == "segmentation" else "binary") if with_labels else "none"
+    values = (0, 1, 2, 4) if layout == "brats" else tuple(range(LABEL_MAX.get(layout, 255) + 1))
+    return Preprocessing(tuple(modalities), reference_order, layout == "picai", spacing, spatial_size, label_mode,
+                         values)
 
 
 def read_image(path: str, case_id: str | None = None) -> sitk.Image:

@@ -56,7 +56,9 @@ def _grid_around(centre, size, spacing, direction) -> np.ndarray:
     return np.asarray(centre) - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
 
 
-def synth_picai(out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float = 48.0) -> list[str]:
+def synth_picai(
+    out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float = 48.0, first_patient: int = 10000
+) -> list[str]:
     """Write a PI-CAI-layout folder: ``out/images`` and ``out/picai_labels``. Returns the case ids.
 
     Args:
@@ -64,19 +66,20 @@ def synth_picai(out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float =
         cases: number of studies.
         seed: random seed; the same seed writes the same data.
         fov_mm: in-plane field of view of the T2W images (small keeps it fast).
+        first_patient: first patient id; study ids follow it (another set needs other ids).
     """
     rng = np.random.default_rng(seed)
     out = Path(out)
     labels_dir = out / "picai_labels" / "csPCa_lesion_delineations"
     rows, case_ids = [], []
-    patient, study_of_patient = 10000, 0
+    patient, study_of_patient = first_patient, 0
     for i in range(cases):
         # every fifth patient comes back for a second study
         if i > 0 and not (study_of_patient == 0 and patient % 5 == 0):
             patient, study_of_patient = patient + 1, 0
         else:
             study_of_patient += 1 if i > 0 else 0
-        pid, sid = str(patient), str(1000000 + i)
+        pid, sid = str(patient), str(100 * first_patient + i)
         case_id = f"{pid}_{sid}"
         case_ids.append(case_id)
 
@@ -103,7 +106,7 @@ def synth_picai(out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float =
             return (img * (1 + noise * rng.standard_normal(img.shape))).clip(0).astype(np.float32)
 
         world = _world(size, spacing, origin, direction)
-        t2w = phantom(world, (0.45, 0.8, 0.35), 0.05) * 400
+        t2w = phantom(world, (0.45, 0.8, 0.6), 0.12) * 400
         _write(t2w, out / "images" / pid / f"{case_id}_t2w.mha", spacing, origin, direction)
 
         # DWI: its own coarser grid, shifted and slightly rotated
@@ -112,9 +115,9 @@ def synth_picai(out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float =
         d_direction = direction @ _rotation_z(rng.uniform(-4, 4))
         d_origin = _grid_around(centre + rng.uniform(-2.5, 2.5, 3), d_size, d_spacing, d_direction)
         d_world = _world(d_size, d_spacing, d_origin, d_direction)
-        _write(phantom(d_world, (0.5, 0.75, 0.25), 0.05) * 1800, out / "images" / pid / f"{case_id}_adc.mha",
+        _write(phantom(d_world, (0.5, 0.75, 0.5), 0.12) * 1800, out / "images" / pid / f"{case_id}_adc.mha",
                d_spacing, d_origin, d_direction)
-        _write(phantom(d_world, (0.15, 0.3, 1.0), 0.05) * 30, out / "images" / pid / f"{case_id}_hbv.mha",
+        _write(phantom(d_world, (0.15, 0.3, 0.55), 0.12) * 30, out / "images" / pid / f"{case_id}_hbv.mha",
                d_spacing, d_origin, d_direction)
 
         label = np.zeros(t2w.shape, np.uint8)

@@ -58,7 +58,7 @@ _logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 # Wrappers added by DDP, torch.compile, Lightning systems and our downstream nets.
-_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "encoder.")
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "encoder.")
 
 
 # --------------------------------------------------------------------------- helpers

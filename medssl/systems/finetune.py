@@ -223,7 +223,7 @@ class SegmentationSystem(DenseSystem):
         **kwargs: see ``DenseSystem``.
     """
 
-    REGIONS = ("tc", "wt", "et")
+    REGIONS = ("TC", "WT", "ET")
 
     def __init__(self, net: nn.Module, eval_modalities: list[str] | None = None, **kwargs):
         super().__init__(net, **kwargs)
@@ -271,6 +271,6 @@ class SegmentationSystem(DenseSystem):
         dice, hd95 = torch.cat(self._dice), torch.cat(self._hd95)
         self._dice, self._hd95 = [], []
         for i, region in enumerate(self.REGIONS):
-            self.log(f"val/dice_{region}", torch.nanmean(dice[:, i]), sync_dist=True)
-            self.log(f"val/hd95_{region}", torch.nanmean(hd95[:, i]), sync_dist=True)
+            self.log(f"val/dice_{region.lower()}", torch.nanmean(dice[:, i]), sync_dist=True)
+            self.log(f"val/hd95_{region.lower()}", torch.nanmean(hd95[:, i]), sync_dist=True)
         self.log("val/dice_mean", torch.nanmean(dice), prog_bar=True, sync_dist=True)

@@ -1,0 +1,110 @@
+"""Every shipped config parses and builds its system, data module and trainer; the tiny finetune configs train."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl.data.synth import synth_brats, synth_picai
+from medssl.lightning_cli import MedsslCLI
+from medssl.models.transfer import transfer_weights
+from tests.conftest import REPO
+
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+NETS = {  # the finetune configs of the BM-MAE / comparator pairs and what they build
+    "configs/finetune/bmmae_brats.yaml": "BMMAEUNETR",
+    "configs/finetune/bmmae_brats_tiny.yaml": "BMMAEUNETR",
+    "configs/finetune/unet_picai.yaml": "DynUNet",
+    "configs/finetune/unet_picai_tiny.yaml": "DynUNet",
+}
+
+
+@pytest.fixture(scope="module")
+def small_brats(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brats_small")
+    synth_brats(root, cases=4, seed=0, size=(32, 32, 24))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_picai(tmp_path_factory):
+    root = tmp_path_factory.mktemp("picai_small")
+    synth_picai(root, cases=8, seed=3)
+    return root
+
+
+def test_configs_found():
+    assert set(NETS) <= set(CONFIGS)
+    assert any(c.startswith("configs/pretrain/") for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not into the repository
+    cli = MedsslCLI(args=["--config", str(REPO / config), "--data.root", "/x"], run=False)
+    assert cli.datamodule.root == "/x"
+    assert sum(p.numel() for p in cli.model.parameters()) > 0
+    if config in NETS:
+        assert type(cli.model.net).__name__ == NETS[config]
+    if NETS.get(config) == "BMMAEUNETR":  # the encoder takes the data crop whole, every modality, with dropout
+        net, data = cli.model.net, cli.datamodule
+        assert list(net.encoder.img_size) == list(data.spatial_size) == list(cli.model.hparams.roi_size)
+        assert list(net.encoder.modalities) == data.modalities and data.task == "segmentation"
+        assert net.modality_dropout == 0.25
+    assert not list(tmp_path.iterdir())  # DataModule.__init__ and the trainer do no I/O
+
+
+def test_tiny_bmmae_finetune_encoder_matches_tiny_pretraining():
+    """Width, depth, heads and MLP ratio agree, so blocks transfer; the patch size cannot (UNETR needs 16)."""
+    pre = MedsslCLI(args=["--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.root", "/x"],
+                    run=False).model.net
+    fine = MedsslCLI(args=["--config", str(REPO / "configs/finetune/bmmae_brats_tiny.yaml"), "--data.root", "/x"],
+                     run=False).model.net.encoder
+    for key in ("embed_dim", "depth", "img_size", "modalities"):
+        assert getattr(pre, key) == getattr(fine, key), key
+    blocks = {k: v.shape for k, v in pre.state_dict().items() if k.startswith(("blocks.", "norm.", "cls_token"))}
+    own = fine.state_dict()
+    assert blocks and all(own[k].shape == s for k, s in blocks.items())
+
+
+def test_tiny_pretraining_checkpoint_initialises_tiny_finetune_encoder(tmp_path):
+    pre = MedsslCLI(args=["--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.root", "/x"],
+                    run=False).model
+    torch.save({"state_dict": pre.state_dict(), "medssl": {"architecture": "bmmae"}}, tmp_path / "last.ckpt")
+    fine = MedsslCLI(args=["--config", str(REPO / "configs/finetune/bmmae_brats_tiny.yaml"), "--data.root", "/x"],
+                     run=False).model.net
+    report, _ = transfer_weights(fine, str(tmp_path / "last.ckpt"))
+    assert "blocks.0.attn.qkv.weight" in report["loaded"] and "cls_token" in report["loaded"]
+    assert "tokenizers.t1.patch_embedding.patch_embeddings.weight" in report["loaded"]
+    assert not report["mismatched"]
+
+
+def _fit_args(config: str, root, tmp_path) -> list[str]:
+    # two folds and one batch holding every case: one epoch is one step and one validation batch
+    # (limit_train_batches would not do: the CLI reads "1" there as the float 1.0, i.e. every batch)
+    return ["--config", str(REPO / config), "--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache"),
+            "--data.n_folds", "2", "--data.batch_size", "32", "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.mark.parametrize(
+    ("config", "data", "extra"),
+    [
+        ("configs/finetune/bmmae_brats_tiny.yaml", "small_brats", ["--trainer.limit_val_batches", "0.0"]),
+        ("configs/finetune/unet_picai_tiny.yaml", "small_picai", ["--model.init_args.tta_flip", "false"]),
+    ],
+)
+def test_tiny_finetune_config_trains_one_step(config, data, extra, request, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    MedsslCLI(args=["fit", *_fit_args(config, request.getfixturevalue(data), tmp_path), *extra])
+    last = list((tmp_path / "run").rglob("last.ckpt"))
+    assert len(last) == 1
+    checkpoint = torch.load(last[0], map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 1
+    assert checkpoint["medssl"]["architecture"] == NETS[config]
+
+
+def test_tiny_segmentation_validates(small_brats, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = "configs/finetune/bmmae_brats_tiny.yaml"
+    MedsslCLI(args=["validate", *_fit_args(config, small_brats, tmp_path), "--model.init_args.tta_flip", "false"])
