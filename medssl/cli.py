@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from medssl.errors import MedsslError, one_line
+from medssl.errors import MedsslError, find_user_error, one_line
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 HELP = """usage: medssl COMMAND [options]
@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MedsslError as e:
         print(f"medssl: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        user_error = find_user_error(e)
+        if user_error is None:
+            raise
+        print(f"medssl: error: {one_line(user_error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medssl: interrupted", file=sys.stderr)

@@ -101,6 +101,7 @@ def run_fold(configs: list[str], overrides: list[str], fold: int, fold_dir: Path
         "checkpoint": chosen,
         "init_from": system.hparams.init_from,
         "leaked_cases": list(system.leaked_cases),
+        "skipped_cases": dict(dm.skipped_cases),
         "train_cases": len(dm.train_cases),
     }
     _write_json(fold_dir / DONE, record)  # written last: a fold with this file is finished

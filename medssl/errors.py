@@ -42,3 +42,14 @@ def one_line(exc: BaseException) -> str:
         for prefix in (f"{type(exc).__module__}.{type(exc).__name__}: ", f"{type(exc).__name__}: "):
             text = text.removeprefix(prefix)
     return " ".join(text.split())
+
+
+def find_user_error(exc: BaseException) -> MedsslError | None:
+    """The MedsslError behind ``exc``: MONAI's transforms and DataLoader workers wrap the original."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedsslError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

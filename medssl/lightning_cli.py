@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -76,6 +77,11 @@ class MedsslCLI(LightningCLI):
             raise
         except (argparse.ArgumentError, ValueError, TypeError) as e:
             raise ConfigError(condense_config_error(e)) from None
+        # One checkpoint folder per run folder (not per logger version), so `--ckpt_path last`
+        # finds the last checkpoint of a killed run when the same command is started again.
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing; check the file first so an

@@ -141,8 +141,11 @@ def find_config(checkpoint: Path, config: str | None) -> tuple[Path | None, dict
         if not path.is_file():
             raise ConfigError(f"--config {config}: file not found")
     else:
-        path = next((p for p in (checkpoint.parent / "config.yaml", checkpoint.parent.parent / "config.yaml")
-                     if p.is_file()), None)
+        # medssl runs keep checkpoints in <run>/checkpoints and configs in <run>/lightning_logs/version_*/
+        logged = sorted((checkpoint.parent.parent / "lightning_logs").glob("version_*/config.yaml"),
+                        key=lambda p: p.stat().st_mtime)
+        candidates = (checkpoint.parent / "config.yaml", checkpoint.parent.parent / "config.yaml", *logged[::-1])
+        path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             return None, {}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +22,15 @@ from lightning.pytorch import LightningDataModule
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from medssl.data.layouts import MODALITIES, Case, discover
 from medssl.data.preprocess import Preprocessing, preprocessing_for, read_image
 from medssl.data.splits import load_or_make_folds
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, DataError, find_user_error, one_line
+
+logger = logging.getLogger(__name__)
 
 
 def _triple(value, name: str, kind=float) -> tuple | None:
@@ -60,6 +64,8 @@ class MRIDataModule(LightningDataModule):
         n_folds: number of folds.
         split_file: JSON split file; made (and then reused) under ``cache_dir`` when unset.
         split_seed: seed of the folds.
+        on_bad_case: a case that cannot be read (corrupt file, NaN voxels, bad label): ``stop`` with
+            one line naming it, or ``skip`` it with a warning (counted in ``skipped_cases``).
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class MRIDataModule(LightningDataModule):
         n_folds: int = 5,
         split_file: str | None = None,
         split_seed: int = 0,
+        on_bad_case: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         if not root:
@@ -104,6 +111,8 @@ class MRIDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.augmentation = augmentation
         self.fold, self.n_folds, self.split_file, self.split_seed = fold, n_folds, split_file, split_seed
+        self.on_bad_case = on_bad_case
+        self.skipped_cases: dict[str, str] = {}
         self.cases: list[Case] = []
         self.train_cases: list[Case] = []
         self.val_cases: list[Case] = []
@@ -151,6 +160,36 @@ class MRIDataModule(LightningDataModule):
             drop_last=False,
         )
 
+    # -- unusable cases ----------------------------------------------------------------------------
+    with_labels = False
+
+    def used_cases(self, cases: list[Case]) -> list[Case]:
+        return cases
+
+    def screen(self, cases: list[Case]) -> dict[str, str]:
+        """Preprocess every case once (filling the disk cache); returns case id -> problem for unusable ones."""
+        dataset = _Screen(self.make_dataset(cases, self.with_labels, train=False))
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=lambda x: x)
+        return {case_id: error for case_id, error in loader if error}
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node before setup: the cache is filled once, not per rank.
+        if self.cache_dir is not None:
+            self.screen(self.used_cases(self.discover()))
+
+    def drop_bad_cases(self, cases: list[Case]) -> list[Case]:
+        """Stop at the first unusable case, or leave the unusable ones out (``data.on_bad_case``)."""
+        if self.cache_dir is None and self.on_bad_case == "stop":
+            return cases  # no pre-pass without a cache: a bad case stops training when it is read
+        bad = self.screen(cases)
+        if bad and self.on_bad_case == "stop":
+            first = next(iter(bad.values()))
+            raise DataError(f"{first} ({len(bad)} unusable case(s); fix them or set data.on_bad_case skip)")
+        for problem in bad.values():
+            logger.warning("skipping unusable case: %s", problem)
+        self.skipped_cases = bad
+        return [c for c in cases if c.case_id not in bad]
+
     def label_positive(self, cases: list[Case]) -> dict[str, bool]:
         """Whether each labelled case has a lesion voxel; remembered under ``cache_dir``."""
         store = Path(self.cache_dir) / f"positives_{self.dataset_key()}.json" if self.cache_dir else None
@@ -170,6 +209,27 @@ class MRIDataModule(LightningDataModule):
         return out
 
 
+class _Screen(TorchDataset):
+    """Each item: (case id, problem or ""); reading it fills the preprocessing cache."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[str, str]:
+        case_id = self.dataset.data[i]["case_id"]
+        try:
+            self.dataset[i]
+        except Exception as e:  # MONAI wraps a transform's error; keep ours, re-raise anything else
+            user_error = find_user_error(e)
+            if user_error is None:
+                raise
+            return case_id, one_line(user_error)
+        return case_id, ""
+
+
 class PretrainDataModule(MRIDataModule):
     """Every case, labelled or not; ``val_cases`` of them held out for reconstruction images.
 
@@ -185,7 +245,7 @@ class PretrainDataModule(MRIDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.cases:
             return
-        self.cases = self.discover()
+        self.cases = self.drop_bad_cases(self.discover())
         n_val = min(self.n_val_cases, len(self.cases) - 1)
         self.train_cases = self.cases[: len(self.cases) - n_val]
         self.val_cases = self.cases[len(self.cases) - n_val:] if n_val > 0 else []
@@ -202,13 +262,19 @@ class PretrainDataModule(MRIDataModule):
 class FinetuneDataModule(MRIDataModule):
     """The labelled cases: fold ``fold`` validates, the other folds train. Unlabelled cases are never used."""
 
+    with_labels = True
+
+    def used_cases(self, cases: list[Case]) -> list[Case]:
+        return [c for c in cases if c.label is not None]
+
     def setup(self, stage: str | None = None) -> None:
         if self.cases:
             return
         self.cases = self.discover()
-        labelled = [c for c in self.cases if c.label is not None]
+        labelled = self.used_cases(self.cases)
         if not labelled:
             raise ConfigError(f"no labelled case under {self.root}: set data.labels_root (or data.label_source)")
+        labelled = self.drop_bad_cases(labelled)
         positive = self.label_positive(labelled)
         split_file = self.split_file or str(Path(self.cache_dir or ".") / f"splits_{self.dataset_key()}.json")
         self.folds = load_or_make_folds(

@@ -53,6 +53,7 @@ def data_metadata(module: LightningModule) -> dict[str, Any]:
         "spatial_size": list(dm.spatial_size) if dm.spatial_size else None,
         "normalisation": "z-score over non-zero voxels, per modality",
         "train_case_ids": [c.case_id for c in dm.train_cases],
+        "skipped_cases": dict(getattr(dm, "skipped_cases", {})),
     }
 
 
