@@ -93,6 +93,7 @@ def _cv_report(picai: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("nbclient")  # before the minute of pretraining the notebooks would not use
     work = tmp_path_factory.mktemp("notebooks")
     picai, brats = work / "picai", work / "brats"
     synth_picai(picai, cases=12, seed=0)

@@ -1,0 +1,102 @@
+"""Interruption, determinism and multi-process training, as users meet them on shared servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import REPO, run_medssl
+
+PRETRAIN = str(REPO / "configs/pretrain/cswin_tiny.yaml")
+DETECT = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "medssl", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 900) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()``; never leaves it running."""
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "timed out waiting to kill the run"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_fit_killed_resumes_with_ckpt_path_last(picai_root, tmp_path):
+    run = tmp_path / "run"
+    args = ["fit", "--config", PRETRAIN, "--data.root", str(picai_root), "--data.cache_dir", str(tmp_path / "c"),
+            "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false"]
+    last = run / "checkpoints" / "last.ckpt"
+    kill_when(start([*args, "--trainer.max_epochs", "100"], tmp_path), last.is_file)
+    killed = torch.load(last, weights_only=True)  # complete, not truncated
+    result = run_medssl(*args, "--trainer.max_epochs", str(killed["epoch"] + 2), "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restored all states" in result.stderr
+    assert torch.load(last, weights_only=True)["global_step"] > killed["global_step"]
+
+
+def test_cv_killed_in_fold_1_resumes_without_retraining_fold_0(picai_root, tmp_path):
+    out = tmp_path / "cv"
+    args = ["cv", "--config", DETECT, "--data.root", str(picai_root), "--data.cache_dir", str(tmp_path / "c"),
+            "--folds", "0,1", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--output", str(out)]
+    kill_when(start(args, tmp_path), lambda: (out / "fold_0" / "fold_result.json").is_file()
+              and (out / "fold_1").is_dir())
+    assert not (out / "cv_report.json").exists()
+    fold0 = (out / "fold_0" / "fold_result.json").stat().st_mtime_ns
+    result = run_medssl(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fold 0: finished before, not run again" in result.stderr
+    assert (out / "fold_0" / "fold_result.json").stat().st_mtime_ns == fold0
+    report = json.loads((out / "cv_report.json").read_text())
+    assert [f["fold"] for f in report["folds"]] == [0, 1]
+
+
+def test_same_seed_same_result(picai_root, tmp_path):
+    states = []
+    for i in range(2):
+        run = tmp_path / f"run{i}"
+        result = run_medssl("fit", "--config", DETECT, "--data.root", str(picai_root), "--data.n_folds", "3",
+                            "--data.cache_dir", str(tmp_path / f"c{i}"), "--trainer.max_epochs", "1",
+                            "--seed_everything", "7", "--trainer.default_root_dir", str(run),
+                            "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        states.append(ckpt)
+    for key, value in states[0]["state_dict"].items():
+        assert torch.equal(value, states[1]["state_dict"][key]), key
+    scores = [s["callbacks"] for s in states]
+    assert json.dumps(scores[0], default=str) == json.dumps(scores[1], default=str)  # same best val/score
+
+
+def test_ddp_two_cpu_processes_see_different_cases(brats_root, tmp_path):
+    probe = tmp_path / "probe"
+    result = run_medssl(
+        "fit", "--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.layout", "brats",
+        "--data.root", str(brats_root), "--data.cache_dir", str(tmp_path / "c"), "--data.batch_size", "1",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=tests.ddp_probe.RecordCases", f"--trainer.callbacks.out_dir={probe}",
+        cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted(probe.glob("rank_*_of_2.json"))]
+    assert len(ranks) == 2 and ranks[0]["pid"] != ranks[1]["pid"]
+    seen = [set(r["cases"]) for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == len([p for p in brats_root.iterdir() if p.is_dir()])
