@@ -80,23 +80,6 @@ def test_same_seed_same_result(picai_root, tmp_path):
         states.append(ckpt)
     for key, value in states[0]["state_dict"].items():
         assert torch.equal(value, states[1]["state_dict"][key]), key
-    scores = [s["callbacks"] for s in states]
-    assert json.dumps(scores[0], default=str) == json.dumps(scores[1], default=str)  # same best val/score
-
-
-def test_ddp_two_cpu_processes_see_different_cases(brats_root, tmp_path):
-    probe = tmp_path / "probe"
-    result = run_medssl(
-        "fit", "--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.layout", "brats",
-        "--data.root", str(brats_root), "--data.cache_dir", str(tmp_path / "c"), "--data.batch_size", "1",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=tests.ddp_probe.RecordCases", f"--trainer.callbacks.out_dir={probe}",
-        cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads(p.read_text()) for p in sorted(probe.glob("rank_*_of_2.json"))]
-    assert len(ranks) == 2 and ranks[0]["pid"] != ranks[1]["pid"]
-    seen = [set(r["cases"]) for r in ranks]
-    assert seen[0] and seen[1] and not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == len([p for p in brats_root.iterdir() if p.is_dir()])
+    scores = [[float(cb["best_model_score"]) for cb in s["callbacks"].values()
+               if cb.get("best_model_score") is not None] for s in states]
+    assert scores[0] and scores[0] == scores[1]  # the same validation PI-CAI score

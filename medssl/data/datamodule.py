@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from lightning.pytorch import LightningDataModule
+from monai.data import DataLoader as MonaiDataLoader
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
@@ -150,7 +151,9 @@ class MRIDataModule(LightningDataModule):
         return PersistentDataset(items, transform, cache_dir=cache)
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
+        # MONAI's DataLoader seeds the random transforms from torch's seed (per worker), so the same
+        # --seed_everything gives the same augmentations and the same weights.
+        return MonaiDataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

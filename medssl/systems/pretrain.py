@@ -67,8 +67,10 @@ class BMMAEPretrainSystem(LightningModule):
         out = self.net(volumes, mask)
         bs = mask.shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
+        # Per-modality losses exist only for the modalities in this rank's batch, so they are logged
+        # without a cross-rank reduction (ranks would wait on each other for a missing modality).
         for m, value in out["loss_per_modality"].items():
-            self.log(f"train/loss_{m}", value, batch_size=bs, sync_dist=True)
+            self.log(f"train/loss_{m}", value, batch_size=bs)
         every = self.hparams.image_every_n_epochs
         if every and batch_idx == 0 and self.current_epoch % every == 0:
             self._log_reconstruction(volumes, mask, out)
