@@ -32,10 +32,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def make_loss_step(
+    model: nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[[], tuple[float, float]]:
+    """Return a closure that runs one ``loss_fn()`` forward + backward + AdamW step on ``model``.
+
+    The closure returns ``(wall seconds, process CPU seconds)`` of the step.
+
+    Args:
+        model: the network ``loss_fn`` calls (put in train mode).
+        loss_fn: computes the scalar loss of one batch with ``model`` (inputs already on ``device``).
+        device: where the model lives (CUDA steps are synchronised before and after).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the forward under autocast; None = fp32.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> tuple[float, float]:
+        _sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    step.optimizer = optimizer  # type: ignore[attr-defined]  # lets a memory probe build the AdamW state
+    return step
+
+
 def make_train_step(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Callable[[], tuple[float, float]]:
     """Return a closure that runs one forward + CE + backward + AdamW step.
 
@@ -45,20 +80,49 @@ def make_train_step(
         model: network returning logits ``[B, K, D, H, W]`` (put in train mode).
         x: input batch on the model's device.
         target: integer labels ``[B, D, H, W]``.
+        autocast_dtype: e.g. ``torch.bfloat16`` for a bf16-autocast forward; None = fp32.
     """
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return make_loss_step(model, lambda: F.cross_entropy(model(x), target), x.device, autocast_dtype)
 
-    def step() -> tuple[float, float]:
-        _sync(x.device)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        optimizer.step()
-        _sync(x.device)
-        return time.perf_counter() - start, time.process_time() - start_cpu
 
-    return step
+def build_cswin(in_channels: int = 3, out_channels: int = 2, **kwargs) -> nn.Module:
+    """``CSwinUNet`` (its defaults unless ``kwargs`` override them)."""
+    return CSwinUNet(in_channels=in_channels, out_channels=out_channels, **kwargs)
+
+
+def build_swin_unetr(in_channels: int = 3, out_channels: int = 2, feature_size: int = 48, **kwargs) -> nn.Module:
+    """MONAI ``SwinUNETR`` of the given feature size (48 = the compared default); ``kwargs`` go to it."""
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, **kwargs)
+
+
+def cswin_pair(in_channels: int = 3, out_channels: int = 2) -> dict[str, nn.Module]:
+    """The two compared nets: default ``CSwinUNet`` and ``SwinUNETR(feature_size=48)``."""
+    return {
+        "cswin_unet": build_cswin(in_channels, out_channels),
+        "swin_unetr": build_swin_unetr(in_channels, out_channels, feature_size=48),
+    }
+
+
+def time_alternating(
+    steps: dict[str, Callable[[], tuple[float, float]]],
+    repeats: int,
+    warmup: int,
+) -> dict[str, list[tuple[float, float]]]:
+    """Run ``warmup`` untimed steps per model, then ``repeats`` rounds of one timed step per model.
+
+    The models alternate inside each round so that load drift on a shared machine hits all alike.
+
+    Returns:
+        name -> ``repeats`` ``(wall seconds, CPU seconds)`` pairs.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return times
 
 
 def bench_cswin_vs_swinunetr(
@@ -85,11 +149,7 @@ def bench_cswin_vs_swinunetr(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(*input_shape, generator=gen).to(dev)
     target = torch.randint(0, 2, (input_shape[0], *input_shape[2:]), generator=gen).to(dev)
-    in_channels = input_shape[1]
-    models = {
-        "cswin_unet": CSwinUNet(in_channels=in_channels, out_channels=2),
-        "swin_unetr": SwinUNETR(in_channels=in_channels, out_channels=2, feature_size=48),
-    }
+    models = cswin_pair(in_channels=input_shape[1], out_channels=2)
     result: dict = {
         "input_shape": list(input_shape),
         "device": str(dev),
@@ -101,13 +161,7 @@ def bench_cswin_vs_swinunetr(
     for name, model in models.items():
         result[f"{name}_params"] = sum(p.numel() for p in model.parameters())
         steps[name] = make_train_step(model.to(dev), x, target)
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
-    for _ in range(repeats):  # alternate the models so that load drift hits both
-        for name, step in steps.items():
-            times[name].append(step())
+    times = time_alternating(steps, repeats, warmup)
     for name, values in times.items():
         result[f"{name}_step_s"] = statistics.median(wall for wall, _ in values)
         result[f"{name}_cpu_s"] = statistics.median(cpu for _, cpu in values)
