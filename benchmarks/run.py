@@ -424,12 +424,12 @@ def bench_pair(pair: str, cfg: dict[str, Any], device: str, dtypes: Sequence[str
                 r["fraction_of_ceiling"] = r["achieved_flops_per_s"] / ceiling[dtype]["flops_per_s"]
                 if dev.type == "cpu" and ceiling[dtype].get("flops_per_cpu_s") and r["step_cpu_s"] > 0:
                     r["fraction_of_ceiling_cpu"] = (flops[role] / r["step_cpu_s"]) / ceiling[dtype]["flops_per_cpu_s"]
-        del cases, steps
+        del cases, steps, step, model, loss_fn
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        if memory:  # one fresh process per model; the two run at once (only their memory is read)
-            with ThreadPoolExecutor(max_workers=2) as pool:
+        if memory:  # one fresh process per model; on CPU the two run at once (only their memory is read)
+            with ThreadPoolExecutor(max_workers=2 if dev.type == "cpu" else 1) as pool:
                 probes = pool.map(lambda role, dt=dtype: measure_memory_subprocess(pair, role, cfg, device, dt),
                                   ("ours", "monai"))
                 for probe in probes:

@@ -139,10 +139,12 @@ class MRIDataModule(LightningDataModule):
 
     def make_dataset(self, cases: list[Case], with_labels: bool, train: bool):
         prep = self.preprocessing(with_labels)
+        # One flat list: MONAI's cache stores everything before the first random transform, and a nested
+        # Compose would count as random, so nothing would be cached.
         transform = Compose([
-            deterministic_transforms(prep),
-            random_transforms(self.augmentation if train else None, self.patch_size if train else None,
-                              with_labels),
+            *deterministic_transforms(prep).transforms,
+            *random_transforms(self.augmentation if train else None, self.patch_size if train else None,
+                               with_labels).transforms,
         ])
         items = [c.to_item() for c in cases]
         if self.cache_dir is None:

@@ -23,6 +23,9 @@ def test_pretrain_batches_and_cache(brats_root, tmp_path):
     assert not all(batch["modality_mask"].all() for batch in batches)
     cached = list((tmp_path / "cache").rglob("*.pt"))
     assert len(cached) == len(dm.cases)
+    # the cache holds the preprocessed arrays, so later epochs do not re-read the images
+    item = torch.load(cached[0], weights_only=True)
+    assert tuple(item["image"].shape) == (4, 16, 24, 24)
     # a different preprocessing setting gets its own cache folder
     dm2 = PretrainDataModule(layout="brats", root=str(brats_root), spatial_size=[16, 16, 16], batch_size=4,
                              cache_dir=str(tmp_path / "cache"))
