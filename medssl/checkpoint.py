@@ -48,6 +48,16 @@ def state_dict_of(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
 
 
+def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` without any of the wrapper ``prefixes`` (Lightning's ``net.``, DDP's ``module.``, ...), repeatedly."""
+    stripped = None
+    while stripped != key:
+        stripped = key
+        for prefix in prefixes:
+            key = key.removeprefix(prefix)
+    return key
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary name in the same folder, then rename: a kill never leaves half a file."""
     path = Path(path)

@@ -46,7 +46,7 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from medssl.checkpoint import load_checkpoint, state_dict_of
+from medssl.checkpoint import load_checkpoint, state_dict_of, strip_prefixes
 from medssl.data.datamodule import MRIDataModule
 from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, grid_of, read_image, reference_modality, resample_to_grid, same_grid
@@ -75,15 +75,7 @@ _HEADS_HINT = (
 
 
 def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        stripped = None
-        while stripped != key:
-            stripped = key
-            for prefix in _WRAPPER_PREFIXES:
-                key = key.removeprefix(prefix)
-        out[key] = value
-    return out
+    return {strip_prefixes(key, _WRAPPER_PREFIXES): value for key, value in state.items()}
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:

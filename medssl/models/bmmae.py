@@ -40,7 +40,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint
+from medssl.checkpoint import load_checkpoint, strip_prefixes
 from medssl.errors import CheckpointError
 
 __all__ = [
@@ -925,12 +925,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: BMMAE) -> dict[str, Tensor]
     for key, value in state_dict.items():
         if not isinstance(value, Tensor):
             continue
-        stripped = None
-        while stripped != key:
-            stripped = key
-            for prefix in _STRIP_PREFIXES:
-                key = key.removeprefix(prefix)
-        out[key] = value
+        out[strip_prefixes(key, _STRIP_PREFIXES)] = value
     return out
 
 

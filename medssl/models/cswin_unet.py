@@ -37,7 +37,7 @@ from monai.networks.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint
+from medssl.checkpoint import load_checkpoint, strip_prefixes
 
 __all__ = [
     "CSwinBlock",
@@ -665,13 +665,7 @@ class CSwinUNet(nn.Module):
 # --------------------------------------------------------------------------------------------------
 def _strip_prefixes(key: str) -> str:
     """Strip wrapper prefixes (``model.``, ``net.``, ``encoder.`` ...) until none is left."""
-    while True:
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key.removeprefix(prefix)
-                break
-        else:
-            return key
+    return strip_prefixes(key, _WRAPPER_PREFIXES)
 
 
 def _unwrap(checkpoint_dict: Mapping[str, Any]) -> Mapping[str, Any]:

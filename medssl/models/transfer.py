@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from medssl.checkpoint import load_checkpoint, state_dict_of
+from medssl.checkpoint import load_checkpoint, state_dict_of, strip_prefixes
 from medssl.errors import CheckpointError
 from medssl.models import bmmae, cswin_unet
 
@@ -26,9 +26,7 @@ def _generic_filter(state_dict: dict, net: nn.Module) -> tuple[dict, dict[str, l
     target = net.state_dict()
     filtered, report = {}, {"loaded": [], "skipped": [], "mismatched": [], "missing": []}
     for key, value in state_dict.items():
-        name = key
-        for prefix in _WRAPPER_PREFIXES:
-            name = name.removeprefix(prefix)
+        name = strip_prefixes(key, _WRAPPER_PREFIXES)
         if name not in target:
             report["skipped"].append(key)
         elif target[name].shape != value.shape:
