@@ -94,9 +94,21 @@ def _own_command(name: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module), func)
 
 
+def _console_logging() -> None:
+    """medssl's messages to stderr, once. Not on the root logger: Lightning then stops printing its own
+    messages itself and every line would appear twice (once from its handler, once from the root)."""
+    log = logging.getLogger("medssl")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _console_logging()
     # project subcommands drive LightningCLI with args of their own; that is intended here
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     try:

@@ -13,14 +13,17 @@ import argparse
 import json
 import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medssl.checkpoint import load_checkpoint, state_dict_of
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, MedsslError
 
 logger = logging.getLogger(__name__)
 DONE = "fold_result.json"
@@ -108,9 +111,82 @@ def run_fold(configs: list[str], overrides: list[str], fold: int, fold_dir: Path
     return record
 
 
+class FoldJob(NamedTuple):
+    run: str  # "pretrained" or "scratch"
+    fold: int
+    fold_dir: Path
+    scratch: bool  # run it with init_from unset
+
+
+def default_workers() -> int:
+    """One fold per visible GPU when there are several; otherwise folds one after another."""
+    return max(1, torch.cuda.device_count())
+
+
+def _worker_command(configs: list[str], overrides: list[str], job: FoldJob, output: Path) -> list[str]:
+    return [sys.executable, "-m", "medssl", "cv", *[a for c in configs for a in ("--config", c)],
+            "--output", str(output), "--worker-fold", str(job.fold), "--worker-dir", str(job.fold_dir),
+            *(["--worker-scratch"] if job.scratch else []), *overrides]
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_parallel(configs: list[str], overrides: list[str], jobs: list[FoldJob], output: Path,
+                 workers: int) -> None:
+    """Run the fold jobs as ``workers`` concurrent processes, each pinned to one GPU when there are GPUs.
+
+    Each fold is its own ``medssl cv`` process (a fresh CUDA context and Lightning trainer), writing
+    its output to ``fold_<k>/worker.log``. A failed fold does not stop the others; the first failure
+    is reported once all have ended.
+    """
+    gpus = torch.cuda.device_count()
+    pending, running, failures = list(jobs), {}, []
+    free_slots = list(range(workers))
+    while pending or running:
+        while pending and free_slots:
+            job, slot = pending.pop(0), free_slots.pop(0)
+            job.fold_dir.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(_visible_gpu(slot % gpus))
+            elif "OMP_NUM_THREADS" not in env:  # CPU folds side by side: share the cores, do not oversubscribe
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+            log = (job.fold_dir / "worker.log").open("w")
+            logger.info("%s fold %d: training in worker %d%s (log: %s)", job.run, job.fold, slot,
+                        f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else "", job.fold_dir / "worker.log")
+            proc = subprocess.Popen(_worker_command(configs, overrides, job, output), env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            running[proc] = (job, slot, log)
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            job, slot, log = running.pop(proc)
+            log.close()
+            free_slots.append(slot)
+            if proc.returncode != 0:
+                failures.append(f"{job.run} fold {job.fold} failed: {_last_line(job.fold_dir / 'worker.log')} "
+                                f"(full log: {job.fold_dir / 'worker.log'})")
+                logger.error("%s", failures[-1])
+    if failures:
+        raise MedsslError(failures[0] + (f"; {len(failures) - 1} more fold(s) failed" if len(failures) > 1 else ""))
+
+
+def _visible_gpu(index: int) -> str:
+    """The ``index``-th GPU as the parent sees it (respecting its own CUDA_VISIBLE_DEVICES)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return visible.split(",")[index].strip()
+    return str(index)
+
+
 def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, output: str | Path,
-           twin: bool = False) -> dict[str, Any]:
-    """Run the folds (skipping finished ones) and write the report. Returns the report."""
+           twin: bool = False, workers: int | None = None) -> dict[str, Any]:
+    """Run the folds (skipping finished ones) and write the report. Returns the report.
+
+    ``workers`` > 1 trains that many folds at once, one per GPU (default: one per visible GPU).
+    """
     from medssl.evaluation.picai import evaluate_maps
     from medssl.evaluation.report import write_cv_report
     from medssl.lightning_cli import MedsslCLI
@@ -118,6 +194,9 @@ def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, ou
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     probe = MedsslCLI(args=[*[a for c in configs for a in ("--config", c)], *overrides], run=False)
+    if probe.trainer.world_size > 1:
+        raise ConfigError("medssl cv trains each fold on one device and runs folds side by side (--workers); "
+                          "for one fold on several GPUs use `medssl fit --data.fold K` with --trainer.devices")
     n_folds = probe.datamodule.n_folds
     pretrained = bool(getattr(probe.model.hparams, "init_from", None))
     folds = list(range(n_folds)) if folds is None else folds
@@ -128,20 +207,30 @@ def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, ou
     runs = {"pretrained" if pretrained else "scratch": (output, False)}
     if twin and pretrained:
         runs["scratch"] = (output / "scratch", True)
-    results: dict[str, list[dict[str, Any]]] = {}
-    for name, (run_dir, scratch) in runs.items():
-        results[name] = []
-        for k in folds:
-            fold_dir = run_dir / f"fold_{k}"
-            done = fold_dir / DONE
-            if done.is_file():
-                logger.info("%s fold %d: finished before, not run again", name, k)
-                record = json.loads(done.read_text())
-            else:
-                logger.info("%s fold %d: training", name, k)
-                record = run_fold(configs, overrides, k, fold_dir, split_file, scratch)
-            record["metrics"] = evaluate_maps(record["predictions"], record["labels"])
-            results[name].append(record)
+    jobs = [FoldJob(name, k, run_dir / f"fold_{k}", scratch) for name, (run_dir, scratch) in runs.items()
+            for k in folds]
+    pending = [job for job in jobs if not (job.fold_dir / DONE).is_file()]
+    for job in jobs:
+        if job not in pending:
+            logger.info("%s fold %d: finished before, not run again", job.run, job.fold)
+    workers = min(default_workers() if workers is None else workers, len(pending)) or 1
+    if workers > 1:
+        # The parent fills the disk cache and writes the split file once, so the workers neither
+        # repeat the preprocessing nor race to write the same files.
+        dm = probe.datamodule
+        dm.split_file = str(split_file)
+        dm.prepare_data()
+        dm.setup("fit")
+        run_parallel(configs, overrides, pending, output, workers)
+    else:
+        for job in pending:
+            logger.info("%s fold %d: training", job.run, job.fold)
+            run_fold(configs, overrides, job.fold, job.fold_dir, split_file, job.scratch)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    for job in jobs:
+        record = json.loads((job.fold_dir / DONE).read_text())
+        record["metrics"] = evaluate_maps(record["predictions"], record["labels"])
+        results[job.run].append(record)
     leaked = sorted({c for recs in results.values() for r in recs for c in r.get("leaked_cases", [])})
     extra = {"leakage": {"validated_cases_seen_in_pretraining": leaked,
                          "note": "validation cases that the init_from checkpoint was pretrained on" if leaked
@@ -158,14 +247,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--twin", action="store_true",
                         help="also run the from-scratch twin (model.init_from unset) and compare")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="folds trained at once, each on its own GPU (default: the number of visible GPUs)")
+    # a worker process started by --workers: one fold, no report
+    parser.add_argument("--worker-fold", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-scratch", action="store_true", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
+    if args.worker_fold is not None:
+        run_fold(args.config, overrides, args.worker_fold, Path(args.worker_dir),
+                 Path(args.output) / "splits.json", args.worker_scratch)
+        return 0
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give 1 or more")
     folds = None
     if args.folds:
         try:
             folds = [int(f) for f in args.folds.split(",")]
         except ValueError:
             raise ConfigError(f"--folds {args.folds!r}: give fold numbers like 0,1,2") from None
-    report = run_cv(args.config, overrides, folds, args.output, args.twin)
+    report = run_cv(args.config, overrides, folds, args.output, args.twin, args.workers)
     main_run = report.get("mean", {})
     print(f"wrote {Path(args.output) / 'cv_report.json'}: mean AUROC {main_run.get('auroc')}, "
           f"AP {main_run.get('ap')}, score {main_run.get('score')}")

@@ -86,3 +86,24 @@ def test_resume_skips_finished_folds_and_continues_interrupted_one(cv_run, picai
     assert resumed["global_step"] == 2 * steps_before, result.stderr[-2000:]  # went on, did not restart
     report = json.loads((out / "cv_report.json").read_text())
     assert [f["fold"] for f in report["folds"]] == [0, 1, 2]
+
+
+def test_workers_run_folds_side_by_side_with_the_same_splits(cv_run, picai_root, tmp_path):
+    """--workers 2 (one fold per GPU on a GPU server; here two CPU processes) validates the same cases."""
+    result = run_medssl(*cv_args(picai_root, tmp_path / "out", cv_run / "cache"), "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    serial = json.loads((cv_run / "out" / "cv_report.json").read_text())
+    parallel = json.loads((tmp_path / "out" / "cv_report.json").read_text())
+    assert [f["cases"] for f in parallel["folds"]] == [f["cases"] for f in serial["folds"]]
+    for fold in parallel["folds"]:
+        fold_dir = tmp_path / "out" / f"fold_{fold['fold']}"
+        assert (fold_dir / "worker.log").is_file() and (fold_dir / "fold_result.json").is_file()
+        assert len(list((fold_dir / "predictions").glob("*.nii.gz"))) == len(fold["cases"])
+
+
+def test_cv_refuses_several_devices_per_fold(picai_root, tmp_path):
+    result = run_medssl(*cv_args(picai_root, tmp_path / "out", tmp_path / "cache"), "--trainer.devices", "2",
+                        "--trainer.accelerator", "cpu", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--workers" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "cv_report.json").exists()

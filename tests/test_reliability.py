@@ -83,3 +83,36 @@ def test_same_seed_same_result(picai_root, tmp_path):
     scores = [[float(cb["best_model_score"]) for cb in s["callbacks"].values()
                if cb.get("best_model_score") is not None] for s in states]
     assert scores[0] and scores[0] == scores[1]  # the same validation PI-CAI score
+
+
+def test_ddp_two_cpu_processes_see_different_cases(brats_root, tmp_path):
+    """Two gloo ranks split the cases between them, and the disk cache holds each case once."""
+    probe, cache = tmp_path / "probe", tmp_path / "cache"
+    args = [
+        "fit", "--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.layout", "brats",
+        "--data.root", str(brats_root), "--data.cache_dir", str(cache), "--data.batch_size", "1",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=tests.ddp_probe.RecordCases", f"--trainer.callbacks.out_dir={probe}",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # its own process group, so a hung collective cannot leave rank 1 behind after the timeout
+    proc = subprocess.Popen([sys.executable, "-m", "medssl", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (nothing, normally)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, output[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted(probe.glob("rank_*_of_2.json"))]
+    assert len(ranks) == 2 and ranks[0]["pid"] != ranks[1]["pid"]
+    seen = [set(r["cases"]) for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    n_cases = len([p for p in brats_root.iterdir() if p.is_dir()])
+    assert len(seen[0] | seen[1]) == n_cases
+    assert len(list(cache.rglob("*.pt"))) == n_cases
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

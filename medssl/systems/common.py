@@ -83,7 +83,8 @@ def log_image_grid(
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     out = None
-    log_dir = module.trainer.log_dir or module.trainer.default_root_dir
+    # Not `trainer.log_dir`: under DDP it broadcasts, and only rank 0 gets here, so it would hang.
+    log_dir = getattr(module.logger, "log_dir", None) or module.trainer.default_root_dir
     if log_dir:
         out = Path(log_dir) / "images" / f"{tag}_epoch{module.current_epoch:04d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
