@@ -200,7 +200,8 @@ class DetectionSystem(DenseSystem):
         if self.trainer.world_size > 1:
             gathered = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, outputs)
-            outputs = [o for part in gathered for o in part]
+            # DistributedSampler repeats cases to even out the ranks: score each case once
+            outputs = list({o[0]: o for part in gathered for o in part}.values())
         if not outputs or self.trainer.sanity_checking:
             return
         metrics = evaluate(y_det=[o[1] for o in outputs], y_true=[o[2] for o in outputs],
