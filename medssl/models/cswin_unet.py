@@ -253,6 +253,9 @@ class CrossShapedAttention(nn.Module):
             )
             for _ in range(branches)
         )
+        # V reaches the conv channels-last (a permuted view), so its weight gradient comes out
+        # channels-last; a weight stored that way avoids DDP's stride-mismatch copy of that gradient.
+        self.lepe.to(memory_format=torch.channels_last_3d)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -211,7 +211,8 @@ class DetectionSystem(DenseSystem):
         ap = float(metrics.AP)
         score = (auroc + ap) / 2 if np.isfinite(auroc) else ap
         for name, value in (("auroc", auroc), ("ap", ap), ("score", score)):
-            self.log(f"val/{name}", value, prog_bar=name == "score", sync_dist=False, rank_zero_only=False)
+            # the same value on every rank (all cases gathered): syncing averages equal numbers
+            self.log(f"val/{name}", value, prog_bar=name == "score", sync_dist=True)
 
 
 class SegmentationSystem(DenseSystem):
