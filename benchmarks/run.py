@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.bench_cswin import build_cswin, build_swin_unetr, make_loss_step, time_alternating  # noqa: E402
 
-SECTIONS = ("matmul", "models", "data", "eval", "sliding_window")
+SECTIONS = ("matmul", "models", "speed_paths", "data", "eval", "sliding_window")
 PAIRS = ("bmmae_pretrain", "cswin_unet")
 NAMES = {
     "bmmae_pretrain": {"ours": "medssl BMMAE (4 modalities)",
@@ -278,9 +278,10 @@ def bench_matmul(device: str, dtypes: Sequence[str], n: int, warmup: int, repeat
 # --------------------------------------------------------------------------- 1. model train steps
 
 
-def build_case(pair: str, role: str, cfg: dict[str, Any], device: torch.device
+def build_case(pair: str, role: str, cfg: dict[str, Any], device: torch.device, channels_last: bool = False
                ) -> tuple[nn.Module, Callable[[], torch.Tensor], int]:
-    """One compared model with its inputs on ``device``.
+    """One compared model with its inputs on ``device`` (``channels_last``: conv weights and input
+    in ``torch.channels_last_3d``, as the systems' ``channels_last`` option does).
 
     Returns:
         ``(model, loss_fn, batch)``: ``loss_fn()`` runs the model's forward and returns the scalar loss.
@@ -332,6 +333,9 @@ def build_case(pair: str, role: str, cfg: dict[str, Any], device: torch.device
         else:
             model = build_swin_unetr(shape[1], 2, feature_size=cfg["swin_feature_size"],
                                      **_tuples(cfg.get("swin_kwargs", {}))).to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last_3d)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return model, lambda: F.cross_entropy(model(x), target), shape[0]  # as bench_cswin.make_train_step
     raise ValueError(f"unknown pair {pair!r}; expected one of {PAIRS}")
 
@@ -446,6 +450,49 @@ def bench_pair(pair: str, cfg: dict[str, Any], device: str, dtypes: Sequence[str
         if memory:
             ratios["ratio_peak_mem"] = ours["peak_mem_bytes"] / monai["peak_mem_bytes"]
         out[dtype] = {"ours": ours, "monai": monai, **ratios}
+    return out
+
+
+# --------------------------------------------------------------------------- 2b. speed paths
+
+
+def bench_speed_paths(sizes: dict[str, Any], device: str, dtypes: Sequence[str], compile_models: bool
+                      ) -> dict[str, Any]:
+    """Our models' train step with each speed option against the plain step, alternated.
+
+    CSwin UNet: plain, channels-last and (``compile_models``) ``torch.compile`` (inductor). BM-MAE
+    (only with ``compile_models``; it has one conv): plain and compiled. The compiled variant's
+    first step (the compilation) is reported apart from its steady-state steps.
+    """
+    dev = torch.device(device)
+    out: dict[str, Any] = {"compile": compile_models}
+    pairs = {"cswin_unet": ["plain", "channels_last"] + (["compiled"] if compile_models else [])}
+    if compile_models:
+        pairs["bmmae_pretrain"] = ["plain", "compiled"]
+    for pair, variants in pairs.items():
+        cfg = sizes[pair]
+        out[pair] = {}
+        for dtype in dtypes:
+            steps, first = {}, {}
+            for variant in variants:
+                model, loss_fn, _ = build_case(pair, "ours", cfg, dev, channels_last=variant == "channels_last")
+                if variant == "compiled":
+                    model.compile()
+                steps[variant] = make_loss_step(model, loss_fn, dev, DTYPES[dtype])
+                first[variant] = steps[variant]()[0]  # compiles the compiled one
+            times = time_alternating(steps, int(cfg["repeats"]), max(int(cfg["warmup"]) - 1, 0))
+            block = {}
+            for variant, values in times.items():
+                walls = [w for w, _ in values]
+                block[variant] = {"step_s": _median(walls), "first_step_s": first[variant],
+                                  "all_s": [round(w, 4) for w in walls]}
+            for variant in variants[1:]:
+                block[variant]["ratio_to_plain"] = block[variant]["step_s"] / block["plain"]["step_s"]
+            out[pair][dtype] = block
+            del steps, model, loss_fn
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     return out
 
 
@@ -655,6 +702,7 @@ def run_suite(
     memory: bool = True,
     workdir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
+    compile_models: bool = False,
 ) -> dict[str, Any]:
     """Run every section not in ``skip``; write the JSON (atomically) after each one when ``out`` is set."""
     suite_start = time.perf_counter()
@@ -696,6 +744,7 @@ def run_suite(
     ceiling = results.get("matmul")
     section("models", lambda: {pair: bench_pair(pair, sizes[pair], device, dtypes, ceiling, memory)
                                for pair in PAIRS})
+    section("speed_paths", lambda: bench_speed_paths(sizes, device, dtypes, compile_models))
     with tempfile.TemporaryDirectory(prefix="medssl_bench_", dir=workdir) as tmp:
         tmp_path = Path(tmp)
         section("data", lambda: bench_data(sizes["data"], tmp_path))
@@ -767,6 +816,16 @@ def format_table(results: dict[str, Any]) -> str:
                              f"{_fmt(block['ratio_step_cpu_s'], digits=3):>8} {'':>7} {block['ratio_params']:>8.2f} "
                              f"{block['ratio_flops']:>8.2f} {block['ratio_achieved_flops_per_s']:>8.2f} {'':>6} "
                              f"{'':>8} {_fmt(block.get('ratio_peak_mem')):>8}")
+    speed = results.get("speed_paths")
+    if speed:
+        lines.append("")
+        for pair in PAIRS:
+            for dt, block in speed.get(pair, {}).items():
+                parts = [f"{variant} {r['step_s']:.3f} s"
+                         + (f" (x{r['ratio_to_plain']:.2f})" if "ratio_to_plain" in r else "")
+                         + (f", first step {r['first_step_s']:.1f} s" if variant == "compiled" else "")
+                         for variant, r in block.items()]
+                lines.append(f"speed paths {pair} {dt}: " + "; ".join(parts))
     data = results.get("data")
     if data:
         lines.append("")
@@ -846,6 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="+", default=[], choices=SECTIONS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model memory probe processes")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd steps (speed_paths; compiling takes minutes on a CPU)")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
     args = parser.parse_args(argv)
     if args.probe:
@@ -860,7 +921,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = sizes_for("tiny" if args.tiny else args.full, args.workers, args.batch, args.cswin_shape, args.sw_roi,
                       args.repeats, args.sw_shape)
     command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/run.py", *argv])])
-    results = run_suite(sizes, args.device, args.out, command, args.skip, memory=not args.no_memory)
+    results = run_suite(sizes, args.device, args.out, command, args.skip, memory=not args.no_memory,
+                        compile_models=args.compile)
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")

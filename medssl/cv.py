@@ -60,7 +60,7 @@ def predict_fold(system, dm, out_dir: Path) -> dict[str, str]:
     for i, case in enumerate(dm.val_cases):
         item = dataset[i]
         image = item["image"][None].to(system.device)
-        mask = torch.as_tensor(item["modality_mask"])[None].to(system.device)
+        mask = torch.as_tensor(item["modality_mask"])[None]  # stays on the host (see MedsslModule)
         prob = system.lesion_probability(image, mask)[0]  # [D, H, W] on the preprocessing grid
         ref_path = next(case.images[m] for m in reference if case.images.get(m))
         det = detection_map(probability_to_original(prob, item["grid"].numpy(), ref_path))

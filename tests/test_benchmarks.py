@@ -53,6 +53,13 @@ def test_suite_tiny_writes_every_figure(tmp_path, monkeypatch):
             assert _positive(block[key]), (pair, key)
         assert block["ratio_step_s"] == pytest.approx(block["ours"]["step_s"] / block["monai"]["step_s"])
 
+    speed = results["speed_paths"]["cswin_unet"]["fp32"]
+    assert set(speed) == {"plain", "channels_last"} and results["speed_paths"]["compile"] is False
+    for variant in ("plain", "channels_last"):
+        assert _positive(speed[variant]["step_s"]) and _positive(speed[variant]["first_step_s"])
+    assert speed["channels_last"]["ratio_to_plain"] == pytest.approx(
+        speed["channels_last"]["step_s"] / speed["plain"]["step_s"])
+
     data = results["data"]["workers_0"]
     for key in ("raw_s", "cold_s", "setup_s", "cache_s", "raw_cases_per_s", "cache_cases_per_s", "cache_speedup",
                 "cases"):

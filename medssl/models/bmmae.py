@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from medssl.checkpoint import load_checkpoint, strip_prefixes
 from medssl.errors import CheckpointError
+from medssl.models.host import to_device
 
 __all__ = [
     "BMMAE",
@@ -440,8 +441,14 @@ class BMMAE(nn.Module):
 
     def _gather_inputs(
         self, volumes: Mapping[str, Tensor], modality_mask: Tensor | None
-    ) -> tuple[list[str], list[Tensor], Tensor | None]:
-        """Canonical-order names, ``[B, 1, H, W, D]`` volumes and ``[B, k]`` presence (None = all)."""
+    ) -> tuple[list[str], list[Tensor], Tensor | None, Tensor | None]:
+        """Canonical-order names, ``[B, 1, H, W, D]`` volumes, ``[B, k]`` presence on the volumes'
+        device and the same presence where ``modality_mask`` lives (None = all present).
+
+        Every decision that depends on presence (the checks, whether any modality is absent, how
+        many tokens stay visible) is read from ``modality_mask`` itself: passed on the CPU, as the
+        systems do, the step never waits for the GPU.
+        """
         unknown = set(volumes) - set(self.modalities)
         if unknown or not volumes:
             raise ValueError(
@@ -451,7 +458,7 @@ class BMMAE(nn.Module):
         # [B, H, W, D] -> [B, 1, H, W, D]
         vols = [volumes[m] if volumes[m].ndim == 5 else volumes[m].unsqueeze(1) for m in names]
         if modality_mask is None:
-            return names, vols, None
+            return names, vols, None, None
         if modality_mask.shape != (vols[0].shape[0], len(self.modalities)):
             raise ValueError(
                 f"modality_mask of shape {tuple(modality_mask.shape)} must be [B, {len(self.modalities)}] "
@@ -464,7 +471,9 @@ class BMMAE(nn.Module):
         present = modality_mask[:, cols]  # [B, k]
         if not present.any(dim=1).all():
             raise ValueError("every sample needs at least one present modality in modality_mask")
-        return names, vols, None if present.all() else present
+        if present.all():
+            return names, vols, None, None
+        return names, vols, to_device(present, vols[0].device), present
 
     def _tokenize(self, names: Sequence[str], vols: Sequence[Tensor]) -> Tensor:
         return torch.cat(
@@ -510,7 +519,7 @@ class BMMAE(nn.Module):
             raise ValueError(
                 f"return_layers {bad} out of range for depth={self.depth} (0-based block indices)"
             )
-        names, vols, present = self._gather_inputs(volumes, modality_mask)
+        names, vols, present, _ = self._gather_inputs(volumes, modality_mask)
         x = self._tokenize(names, vols)  # [B, T, D]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1 + T, D]
         token_valid = (
@@ -565,12 +574,13 @@ class BMMAE(nn.Module):
         """
         if self.decoder is None:
             raise ValueError("this BMMAE was built with with_decoder=False; pretraining needs the decoder")
-        names, vols, present = self._gather_inputs(volumes, modality_mask)
+        names, vols, present, present_host = self._gather_inputs(volumes, modality_mask)
         tokens = self._tokenize(names, vols)  # [B, T, D]
         B, T, D = tokens.shape
         all_present = present is None
         if all_present:
             present = torch.ones(B, len(names), dtype=torch.bool, device=tokens.device)
+            present_host = torch.ones(B, len(names), dtype=torch.bool)
         token_present = present.repeat_interleave(self.num_patches, dim=1)  # [B, T]
 
         ids_shuffle, n_keep = self.random_masking(present)
@@ -578,7 +588,8 @@ class BMMAE(nn.Module):
         # Samples with different subsets keep different numbers of tokens. We pad the visible
         # sequence to the batch max and mask the padding as attention keys: one encoder pass per
         # batch, where grouping samples by subset would fragment the batch into tiny passes.
-        n_vis = int(n_keep.max())
+        # the batch max of n_keep, from the host copy of presence (no wait for the device)
+        n_vis = math.floor(int(present_host.sum(1).max()) * self.num_patches * (1 - self.mask_ratio))
         visible_valid = torch.arange(n_vis, device=tokens.device) < n_keep[:, None]  # [B, n_vis]
         x = torch.gather(tokens, 1, ids_shuffle[:, :n_vis, None].expand(-1, -1, D))  # [B, n_vis, D]
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # [B, 1 + n_vis, D]
@@ -589,7 +600,7 @@ class BMMAE(nn.Module):
         # 1 = masked (hidden from the encoder, scored); 0 = visible or absent modality.
         hidden = torch.arange(T, device=x.device) >= n_keep[:, None]  # [B, T] in shuffled order
         mask = (torch.gather(hidden, 1, ids_restore) & token_present).to(pred.dtype)  # [B, T]
-        loss, loss_per_modality = self._loss(vols, pred, mask, present, names)
+        loss, loss_per_modality = self._loss(vols, pred, mask, present, present_host, names)
         return {
             "loss": loss,
             "loss_per_modality": loss_per_modality,
@@ -600,7 +611,8 @@ class BMMAE(nn.Module):
         }
 
     def _loss(
-        self, vols: Sequence[Tensor], pred: Tensor, mask: Tensor, present: Tensor, names: Sequence[str]
+        self, vols: Sequence[Tensor], pred: Tensor, mask: Tensor, present: Tensor, present_host: Tensor,
+        names: Sequence[str],
     ) -> tuple[Tensor, dict[str, Tensor]]:
         target = torch.cat([self.patchify(v) for v in vols], dim=1)  # [B, T, p^3]
         if self.norm_pix_loss:
@@ -614,7 +626,7 @@ class BMMAE(nn.Module):
         per_modality = (err * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [B, k]; 0 where nothing is masked
         loss = (per_modality * present).sum(1).mean()
         weights = present.to(per_modality.dtype)  # [B, k]
-        counts = weights.sum(0).tolist()
+        counts = present_host.sum(0).tolist()  # host copy: no device sync
         loss_per_modality = {
             name: (per_modality[:, j] * weights[:, j]).sum() / counts[j]
             for j, name in enumerate(names)
@@ -681,14 +693,17 @@ class _MultimodalNet(nn.Module):
             raise ValueError(
                 f"expected x of shape [B, {M}, H, W, D] for {self.encoder.modalities}, got {tuple(x.shape)}"
             )
+        # Presence stays where modality_mask lives (the systems keep it on the CPU), so the encoder's
+        # presence decisions need no device sync; the arithmetic gets a device copy.
         present = None if modality_mask is None else modality_mask.bool()
         if self.training and self.modality_dropout > 0:
-            full = torch.ones(x.shape[0], M, dtype=torch.bool, device=x.device)
+            full = torch.ones(x.shape[0], M, dtype=torch.bool, device=present.device if present is not None else None)
             present = _drop_modalities(full if present is None else present, self.modality_dropout)
-        if present is not None:
-            x = x * present[:, :, None, None, None].to(x.dtype)  # absent channels are zeros
-        volumes = {m: x[:, i : i + 1] for i, m in enumerate(self.encoder.modalities)}  # [B, 1, H, W, D] each
-        return x, present, self.encoder.encode(volumes, present, return_layers)
+        on_device = None if present is None else to_device(present, x.device)
+        if on_device is not None:
+            x = x * on_device[:, :, None, None, None].to(x.dtype)  # absent channels are zeros
+        volumes = {m: x[:, i: i + 1] for i, m in enumerate(self.encoder.modalities)}  # [B, 1, H, W, D] each
+        return x, on_device, self.encoder.encode(volumes, present, return_layers)
 
 
 class BMMAEUNETR(_MultimodalNet):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.models.cswin_unet import CSwinEncoder, pad_to_multiple
+from medssl.models.host import to_device
 
 __all__ = [
     "AutomaticWeightedLoss",
@@ -56,14 +57,17 @@ def rotate_axial(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """
     if x.ndim != 5 or k.shape != (x.shape[0],):
         raise ValueError(f"x {tuple(x.shape)} must be [B, C, D, H, W] and k {tuple(k.shape)} must be [B]")
-    k = k.to(x.device) % NUM_ROTATIONS
+    # Which samples turn by how much is decided on the host (k on the CPU, as ssl_step passes it):
+    # boolean indexing on the GPU would make the host wait for it.
+    k = k.cpu() % NUM_ROTATIONS
     if x.shape[-2] != x.shape[-1] and bool((k % 2 == 1).any()):
         raise ValueError(f"odd rotations need a square axial plane, got H x W = {x.shape[-2]}x{x.shape[-1]}")
     out = x.clone()
     for r in range(1, NUM_ROTATIONS):
-        idx = k == r
-        if idx.any():
-            out[idx] = torch.rot90(x[idx], r, dims=(-2, -1))
+        idx = (k == r).nonzero().flatten()
+        if len(idx):
+            idx = to_device(idx, x.device)
+            out.index_copy_(0, idx, torch.rot90(x.index_select(0, idx), r, dims=(-2, -1)))
     return out
 
 
@@ -341,9 +345,10 @@ def ssl_step(
         ``reconstructions``, ``masks`` (``[2B, 1, D, H, W]``) and ``rotations`` (``[2B]``).
     """
     b = x.shape[0]
-    rotations = torch.randint(NUM_ROTATIONS, (2 * b,), generator=generator).to(x.device)  # [2B]
+    rotations = torch.randint(NUM_ROTATIONS, (2 * b,), generator=generator)  # [2B], on the host
     targets = rotate_axial(torch.cat([x, x]), rotations)  # [2B, C, D, H, W] view 1 then view 2
-    masks = random_cuboid_mask(targets.shape, generator=generator, device=x.device)  # [2B, 1, D, H, W]
+    masks = to_device(random_cuboid_mask(targets.shape, generator=generator), x.device)  # [2B, 1, D, H, W]
+    rotations = to_device(rotations, x.device)
     views = apply_mask_noise(targets, masks, generator)
     out = model(views)
     return {

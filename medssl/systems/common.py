@@ -15,6 +15,46 @@ from lightning.pytorch import LightningModule  # noqa: E402
 from monai.optimizers import WarmupCosineSchedule  # noqa: E402
 
 
+class MedsslModule(LightningModule):
+    """The speed paths every system shares.
+
+    - ``modality_mask`` stays on the host when a batch moves to the GPU: the nets read presence
+      (which modalities a batch lacks, how many tokens stay visible) from it without waiting for
+      the device, and copy it over themselves for arithmetic.
+    - ``channels_last`` stores the net's 3-D conv weights (and the inputs) channels-last
+      (``torch.channels_last_3d``), the layout cuDNN's fastest bf16 3-D convolutions use.
+    - ``compile`` compiles the net in place (``nn.Module.compile``; state-dict keys unchanged, so
+      checkpoints load into an uncompiled net): ``true`` for the default inductor backend, or a
+      mapping of ``torch.compile`` options, e.g. ``{mode: max-autotune}``.
+
+    Subclasses take ``compile`` and ``channels_last`` as init arguments (saved in the hyperparameters).
+    """
+
+    _speed_applied = False
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        host_mask = batch.get("modality_mask") if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if host_mask is not None:
+            batch["modality_mask"] = host_mask
+        return batch
+
+    def configure_model(self) -> None:
+        if self._speed_applied:
+            return
+        self._speed_applied = True
+        if self.hparams.get("channels_last"):
+            self.net.to(memory_format=torch.channels_last_3d)
+        options = self.hparams.get("compile")
+        if options:
+            self.net.compile(**(dict(options) if isinstance(options, dict) else {}))
+
+    def channels_last_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.get("channels_last") and x.ndim == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+
 def adamw_warmup_cosine(module: LightningModule, params, lr: float, weight_decay: float, warmup_epochs: float,
                         cycles: float = 0.5, end_lr_fraction: float = 0.0) -> dict[str, Any]:
     """AdamW with MONAI's linear warm-up then cosine, stepped per optimiser step.

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss, FocalLoss
 from torch import nn
 
 from medssl.errors import ConfigError
 from medssl.models.transfer import transfer_weights
-from medssl.systems.common import check_in_channels, data_metadata
+from medssl.systems.common import MedsslModule, check_in_channels, data_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def takes_modality_mask(net: nn.Module) -> bool:
     return "modality_mask" in inspect.signature(net.forward).parameters
 
 
-class DenseSystem(LightningModule):
+class DenseSystem(MedsslModule):
     """What detection and segmentation share: the backbone call, sliding windows, weights and metadata.
 
     Args:
@@ -48,12 +47,15 @@ class DenseSystem(LightningModule):
         tta_flip: average with the left-right flipped prediction at validation/prediction.
         init_from: a pretraining checkpoint of ours or official BM-MAE weights for the encoder.
         refuse_leakage: refuse to validate on cases the ``init_from`` checkpoint was pretrained on.
+        compile: compile the net (``true`` or ``torch.compile`` options); see ``MedsslModule``.
+        channels_last: channels-last 3-D layout for conv weights and inputs; see ``MedsslModule``.
     """
 
     def __init__(self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
                  optimizer: Literal["adam_amsgrad", "adamw"] = "adam_amsgrad", roi_size: list[int] | None = None,
                  sw_batch_size: int = 2, sw_overlap: float = 0.25, tta_flip: bool = True,
-                 init_from: str | None = None, refuse_leakage: bool = False):
+                 init_from: str | None = None, refuse_leakage: bool = False,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])  # collects the subclass's arguments too (init chain)
         self.net = net
@@ -84,6 +86,7 @@ class DenseSystem(LightningModule):
                     logger.warning("leakage: %s", message)
 
     def call_net(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.channels_last_input(x)
         if self.uses_mask:
             return self.net(x, modality_mask)
         return self.net(x)
@@ -247,7 +250,7 @@ class SegmentationSystem(DenseSystem):
                                   f"{list(dm.modalities)}")
             keep = torch.tensor([m in wanted for m in dm.modalities], device=mask.device)
             mask = mask & keep
-            image = image * mask[:, :, None, None, None].to(image.dtype)
+            image = image * mask[:, :, None, None, None].to(image.device, image.dtype)
         return image, mask
 
     def training_step(self, batch, batch_idx):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch import LightningModule
 
@@ -9,6 +11,7 @@ from medssl.errors import ConfigError
 from medssl.models.bmmae import BMMAE
 from medssl.models.ssl_heads import AutomaticWeightedLoss, CSwinSSLModel, ssl_step
 from medssl.systems.common import (
+    MedsslModule,
     adamw_warmup_cosine,
     check_in_channels,
     data_metadata,
@@ -33,7 +36,7 @@ def check_data_matches(module: LightningModule, modalities, img_size=None) -> No
                               f"data.patch_size) to {list(img_size)}, got {list(crop) if crop else None}")
 
 
-class BMMAEPretrainSystem(LightningModule):
+class BMMAEPretrainSystem(MedsslModule):
     """BM-MAE pretraining: the reference masking and loss, AdamW with warm-up cosine.
 
     Cases lacking modalities train too: the model draws the visible budget and the loss over the
@@ -47,10 +50,13 @@ class BMMAEPretrainSystem(LightningModule):
         cosine_cycles: cosine periods over training; the reference's 1500-epoch period over 1000
             epochs is 1000 / 1500 / 2 = 0.333.
         image_every_n_epochs: reconstruction images every this many epochs (0 = never).
+        compile: compile the net (``true`` or ``torch.compile`` options); see ``MedsslModule``.
+        channels_last: channels-last 3-D layout for conv weights and inputs; see ``MedsslModule``.
     """
 
     def __init__(self, net: BMMAE, lr: float = 1e-4, weight_decay: float = 0.05, warmup_epochs: float = 50,
-                 cosine_cycles: float = 1 / 3, image_every_n_epochs: int = 10):
+                 cosine_cycles: float = 1 / 3, image_every_n_epochs: int = 10,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -106,7 +112,7 @@ class BMMAEPretrainSystem(LightningModule):
         checkpoint["medssl"] = {"architecture": "bmmae", **data_metadata(self)}
 
 
-class CSwinPretrainSystem(LightningModule):
+class CSwinPretrainSystem(MedsslModule):
     """CSwin UNet multi-task pretraining: rotation, contrastive and inpainting, automatically weighted.
 
     ``L = sum_i 0.5 / s_i^2 * L_i + log(1 + s_i^2)`` with learned ``s_i``; each loss and each weight is
@@ -119,12 +125,15 @@ class CSwinPretrainSystem(LightningModule):
         warmup_epochs: linear warm-up length.
         temperature: NT-Xent temperature (0.5).
         image_every_n_epochs: inpainting images every this many epochs (0 = never).
+        compile: compile the net (``true`` or ``torch.compile`` options); see ``MedsslModule``.
+        channels_last: channels-last 3-D layout for conv weights and inputs; see ``MedsslModule``.
     """
 
     TASKS = ("rot", "contrastive", "inpaint")
 
     def __init__(self, net: CSwinSSLModel, lr: float = 4e-4, weight_decay: float = 0.1, warmup_epochs: float = 5,
-                 temperature: float = 0.5, image_every_n_epochs: int = 10):
+                 temperature: float = 0.5, image_every_n_epochs: int = 10,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
