@@ -88,3 +88,25 @@ def test_training_steps_never_wait_for_the_gpu():
         sum(out[k] for k in ("loss_rot", "loss_contrastive", "loss_inpaint")).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_bmmae_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    import medssl.models.bmmae as bmmae
+
+    calls = []
+    real = bmmae.checkpoint
+    monkeypatch.setattr(bmmae, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    volumes = {m: torch.randn(2, 1, 16, 16, 16) for m in TINY_MAE["modalities"]}
+    mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(1)
+        model = BMMAE(**TINY_MAE, decoder_dropout=0.0, use_checkpoint=use_checkpoint)
+        torch.manual_seed(2)  # the same masking draw
+        model(volumes, mask)["loss"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert len(calls) == TINY_MAE["depth"]  # only the checkpointed run, once per encoder block
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)

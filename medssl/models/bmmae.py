@@ -299,6 +299,7 @@ class BMMAE(nn.Module):
         dirichlet_alpha: concentration of the per-sample modality split of the visible budget.
         with_decoder: False builds an encoder only (downstream nets: no unused parameters).
         norm_pix_loss: normalise each target patch to zero mean / unit variance (off in the reference).
+        use_checkpoint: recompute the encoder blocks in backward (gradient checkpointing) to save memory.
 
     Example:
         >>> model = BMMAE(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4,
@@ -325,6 +326,7 @@ class BMMAE(nn.Module):
         dirichlet_alpha: float = 1.0,
         with_decoder: bool = True,
         norm_pix_loss: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -373,7 +375,7 @@ class BMMAE(nn.Module):
         self.mask_ratio = mask_ratio
         self.dirichlet_alpha = dirichlet_alpha
         self.norm_pix_loss = norm_pix_loss
-        self.grad_checkpointing = False
+        self.grad_checkpointing = use_checkpoint
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.tokenizers = nn.ModuleDict(
