@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,40 @@ def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
         for prefix in prefixes:
             key = key.removeprefix(prefix)
     return key
+
+
+def match_state_dict(
+    source: Mapping[str, Any],
+    target: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str] | None = None,
+    unknown_kind: Callable[[str], str] | None = None,
+    mismatch_kind: Callable[[str], str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The tensors of ``source`` that ``target`` can take: same name (after ``rename``), same shape.
+
+    Every checkpoint filter of medssl (CSwin, BM-MAE, MONAI comparators) reports the same way:
+    ``loaded`` (target names), ``skipped`` / ``unexpected`` (source keys with no target name: the
+    kind is ``unknown_kind(name)``, default ``skipped``), ``mismatched`` (``"key: shape vs shape"``,
+    or the kind ``mismatch_kind(name)`` returns, e.g. ``skipped`` for a table the model rebuilds)
+    and ``missing`` (target names nothing filled). Non-tensor entries are ignored.
+    """
+    filtered: dict[str, torch.Tensor] = {}
+    report: dict[str, list[str]] = {k: [] for k in ("loaded", "skipped", "unexpected", "mismatched", "missing")}
+    for key, value in source.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = rename(key) if rename else key
+        if name not in target or name in filtered:
+            report[unknown_kind(name) if unknown_kind else "skipped"].append(key)
+        elif target[name].shape != value.shape:
+            kind = mismatch_kind(name) if mismatch_kind else "mismatched"
+            report[kind].append(f"{key}: {tuple(value.shape)} vs {tuple(target[name].shape)}"
+                                if kind == "mismatched" else key)
+        else:
+            filtered[name] = value
+            report["loaded"].append(name)
+    report["missing"] = [k for k in target if k not in filtered]
+    return filtered, report
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -40,7 +40,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint, strip_prefixes
+from medssl.checkpoint import load_checkpoint, match_state_dict, strip_prefixes
 from medssl.errors import CheckpointError
 from medssl.models.host import to_device
 
@@ -957,27 +957,12 @@ def filter_state_dict(state_dict: Mapping, model: BMMAE) -> tuple[dict[str, Tens
         state_dict: loaded checkpoint (wrapped or not).
         model: target model.
     """
-    mapped = checkpoint_filter_fn(state_dict, model)
-    own = model.state_dict()
-    report: dict[str, list[str]] = {
-        k: [] for k in ("loaded", "skipped", "unexpected", "missing", "mismatched")
-    }
-    loadable = {}
-    for key, value in mapped.items():
-        if key not in own:
-            report[
-                "skipped" if key.startswith("decoder.") and model.decoder is None else "unexpected"
-            ].append(key)
-        elif value.shape != own[key].shape:
-            if key.endswith("position_embeddings"):
-                report["skipped"].append(key)
-            else:
-                report["mismatched"].append(f"{key}: {tuple(value.shape)} vs {tuple(own[key].shape)}")
-        else:
-            loadable[key] = value
-            report["loaded"].append(key)
-    report["missing"] = [k for k in own if k not in mapped]
-    return loadable, report
+    return match_state_dict(
+        checkpoint_filter_fn(state_dict, model),
+        model.state_dict(),
+        unknown_kind=lambda key: "skipped" if key.startswith("decoder.") and model.decoder is None else "unexpected",
+        mismatch_kind=lambda key: "skipped" if key.endswith("position_embeddings") else "mismatched",
+    )
 
 
 def load_encoder_weights(model: BMMAE, state_dict: Mapping, strict: bool = False) -> dict[str, list[str]]:

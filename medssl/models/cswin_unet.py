@@ -37,7 +37,7 @@ from monai.networks.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint, strip_prefixes
+from medssl.checkpoint import load_checkpoint, match_state_dict, strip_prefixes
 
 __all__ = [
     "CSwinBlock",
@@ -703,22 +703,8 @@ def checkpoint_filter_fn(
     prefix = "" if isinstance(model, CSwinEncoder) else "encoder."
     if prefix and not isinstance(getattr(model, "encoder", None), CSwinEncoder):
         raise ValueError(f"{type(model).__name__} has no CSwinEncoder at .encoder; nothing to load into")
-    target = model.state_dict()
     source = _unwrap(state_dict)
-    filtered: dict[str, torch.Tensor] = {}
-    report: dict[str, list[str]] = {"loaded": [], "skipped": [], "mismatched": [], "missing": []}
-    for key, value in source.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        name = prefix + _strip_prefixes(key)
-        if name not in target or name in filtered:
-            report["skipped"].append(key)
-        elif target[name].shape != value.shape:
-            report["mismatched"].append(f"{key}: {tuple(value.shape)} vs {tuple(target[name].shape)}")
-        else:
-            filtered[name] = value
-            report["loaded"].append(name)
-    report["missing"] = [k for k in target if k not in filtered]
+    filtered, report = match_state_dict(source, model.state_dict(), rename=lambda key: prefix + _strip_prefixes(key))
     if not filtered:
         first = ", ".join(list(source)[:5])
         raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from medssl.checkpoint import load_checkpoint, state_dict_of, strip_prefixes
+from medssl.checkpoint import load_checkpoint, match_state_dict, state_dict_of, strip_prefixes
 from medssl.errors import CheckpointError
 from medssl.models import bmmae, cswin_unet
 
@@ -23,19 +23,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 
 def _generic_filter(state_dict: dict, net: nn.Module) -> tuple[dict, dict[str, list[str]]]:
     """Same-name, same-shape tensors, after stripping wrapper prefixes (for the MONAI comparators)."""
-    target = net.state_dict()
-    filtered, report = {}, {"loaded": [], "skipped": [], "mismatched": [], "missing": []}
-    for key, value in state_dict.items():
-        name = strip_prefixes(key, _WRAPPER_PREFIXES)
-        if name not in target:
-            report["skipped"].append(key)
-        elif target[name].shape != value.shape:
-            report["mismatched"].append(f"{key}: {tuple(value.shape)} vs {tuple(target[name].shape)}")
-        else:
-            filtered[name] = value
-            report["loaded"].append(name)
-    report["missing"] = [k for k in target if k not in filtered]
-    return filtered, report
+    return match_state_dict(state_dict, net.state_dict(), rename=lambda key: strip_prefixes(key, _WRAPPER_PREFIXES))
 
 
 def transfer_weights(net: nn.Module, path: str) -> tuple[dict[str, list[str]], dict[str, Any]]:
