@@ -551,7 +551,8 @@ class BMMAE(nn.Module):
         B, k = present.shape
         n_keep = torch.floor(present.sum(1).double() * self.num_patches * (1 - self.mask_ratio)).long()  # [B]
         alpha = torch.full((B, k), self.dirichlet_alpha, device=present.device)
-        w = torch.distributions.Gamma(alpha, torch.ones_like(alpha)).sample() * present  # [B, k]
+        # validate_args=False: checking the parameters would read them back from the GPU (a sync)
+        w = torch.distributions.Gamma(alpha, torch.ones_like(alpha), validate_args=False).sample() * present  # [B, k]
         w = w / w.sum(dim=1, keepdim=True)  # Dirichlet over the present modalities
         rank = torch.rand(B, k, self.num_patches, device=present.device).argsort(-1).argsort(-1)  # [B, k, N]
         key = (rank + 0.5) / w.clamp_min(1e-12)[..., None]  # [B, k, N]
