@@ -7,7 +7,7 @@ import torch
 
 from medssl.data.synth import synth_picai
 from medssl.lightning_cli import MedsslCLI
-from medssl.models.bmmae import BMMAE
+from medssl.models.bmmae import BMMAE, BMMAEUNETR
 from medssl.models.ssl_heads import CSwinSSLModel, rotate_axial, ssl_step
 from medssl.systems.finetune import DetectionSystem
 from tests.conftest import REPO
@@ -66,6 +66,25 @@ def test_rotate_axial_matches_per_sample_rot90():
 
 TINY_MAE = dict(modalities=("t1", "t1ce", "t2", "flair"), img_size=16, patch_size=8, embed_dim=48, depth=2,
                 num_heads=4, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=4, decoder_mlp_dim=48)
+
+
+def test_training_steps_never_read_device_values_on_the_host():
+    """On the ``meta`` device a tensor has no values: ``.item()``, ``bool()``, ``.tolist()``, boolean
+    indexing and ``nonzero`` all raise there. A step that runs on it with a host-side modality mask
+    therefore never makes the host wait for the device on a GPU (``.to`` copies aside)."""
+    device = torch.device("meta")
+    mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    mae = BMMAE(**TINY_MAE).to(device)
+    out = mae({m: torch.randn(2, 1, 16, 16, 16, device=device) for m in TINY_MAE["modalities"]}, mask)
+    out["loss"].backward()
+    assert out["loss"].device.type == "meta" and set(out["loss_per_modality"]) == set(TINY_MAE["modalities"])
+    unetr = BMMAEUNETR(in_channels=4, out_channels=3, img_size=16, embed_dim=48, depth=3, num_heads=4,
+                       feature_size=8, modality_dropout=0.5).to(device).train()
+    unetr(torch.randn(2, 4, 16, 16, 16, device=device), mask).sum().backward()
+    ssl = CSwinSSLModel(in_channels=2, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 4)).to(device)
+    out = ssl_step(ssl, torch.randn(1, 2, 16, 32, 32, device=device))
+    sum(out[k] for k in ("loss_rot", "loss_contrastive", "loss_inpaint")).backward()
+    assert out["rotations"].device.type == "meta"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs only exist with a GPU")
