@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch import LightningModule  # noqa: E402
 from monai.optimizers import WarmupCosineSchedule  # noqa: E402
+
+# Lightning warns whenever a module overrides transfer_batch_to_device next to a data module; ours
+# does so on purpose (below), and the data modules define no such hook.
+warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
 
 
 class MedsslModule(LightningModule):
