@@ -75,12 +75,23 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medssl quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="runs/quickstart", help="output folder (default runs/quickstart)")
     parser.add_argument("--cases", type=int, default=30, help="labelled synthetic cases")
+    parser.add_argument("--archive-cases", type=int, default=24, help="unlabelled synthetic cases for pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all five)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    report = run_quickstart(args.output, args.cases, pretrain_epochs=args.pretrain_epochs,
-                            finetune_epochs=args.finetune_epochs, seed=args.seed)
+    for name in ("cases", "archive_cases", "pretrain_epochs", "finetune_epochs"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
+    if args.cases < 10:
+        raise ConfigError(f"--cases {args.cases}: five folds need at least 10 labelled cases")
+    try:
+        folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    except ValueError:
+        raise ConfigError(f"--folds {args.folds!r}: give fold numbers like 0,1") from None
+    report = run_quickstart(args.output, args.cases, args.archive_cases, args.pretrain_epochs,
+                            args.finetune_epochs, args.seed, folds)
     comparison = report.get("comparison", {})
     print(f"quickstart finished in {report['quickstart_seconds']:.0f} s; report: "
           f"{Path(args.output) / 'cv' / 'cv_report.md'}")
