@@ -71,10 +71,12 @@ def match_state_dict(
     ``loaded`` (target names), ``skipped`` / ``unexpected`` (source keys with no target name: the
     kind is ``unknown_kind(name)``, default ``skipped``), ``mismatched`` (``"key: shape vs shape"``,
     or the kind ``mismatch_kind(name)`` returns, e.g. ``skipped`` for a table the model rebuilds)
-    and ``missing`` (target names nothing filled). Non-tensor entries are ignored.
+    and ``missing`` (target names left at their init, mismatched ones included; not the ones
+    ``mismatch_kind`` set aside, which the model rebuilds). Non-tensor entries are ignored.
     """
     filtered: dict[str, torch.Tensor] = {}
     report: dict[str, list[str]] = {k: [] for k in ("loaded", "skipped", "unexpected", "mismatched", "missing")}
+    rebuilt: set[str] = set()  # target names whose other-shaped source tensor was set aside on purpose
     for key, value in source.items():
         if not isinstance(value, torch.Tensor):
             continue
@@ -83,12 +85,14 @@ def match_state_dict(
             report[unknown_kind(name) if unknown_kind else "skipped"].append(key)
         elif target[name].shape != value.shape:
             kind = mismatch_kind(name) if mismatch_kind else "mismatched"
+            if kind != "mismatched":
+                rebuilt.add(name)
             report[kind].append(f"{key}: {tuple(value.shape)} vs {tuple(target[name].shape)}"
                                 if kind == "mismatched" else key)
         else:
             filtered[name] = value
             report["loaded"].append(name)
-    report["missing"] = [k for k in target if k not in filtered]
+    report["missing"] = [k for k in target if k not in filtered and k not in rebuilt]
     return filtered, report
 
 

@@ -20,7 +20,7 @@ def test_match_reports_each_kind_once():
     assert report["mismatched"] == ["model.b.w: (5,) vs (4,)"]
     assert report["skipped"] == ["model.pos"]  # a rebuilt table, not an error
     assert report["unexpected"] == ["model.extra"]  # the non-tensor "step" is ignored
-    assert report["missing"] == ["b.w", "pos", "c"]
+    assert report["missing"] == ["b.w", "c"]  # left at their init; pos is rebuilt, not missing
 
 
 def test_first_of_two_keys_mapping_to_one_name_wins():

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
+import medssl.models.bmmae as bmmae_module
 from medssl.models.bmmae import (
     BMMAE,
     BMMAEUNETR,
@@ -215,6 +216,16 @@ def test_from_official_full_size(tmp_path):
     del sd
     model = BMMAE.from_official(path)
     assert torch.all(model.cls_token == 0.5)
+
+
+def test_from_official_at_another_img_size_rebuilds_position_tables(tiny_official):
+    """Strict loading at 16^3 from 32^3 weights: only the fixed sin-cos tables differ, and they are rebuilt."""
+    path, sd = tiny_official
+    model = BMMAE.from_official(path, **{**TINY, "img_size": 16})
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    report = bmmae_module.filter_state_dict(sd, model)[1]
+    assert report["skipped"] and all(k.endswith("position_embeddings") for k in report["skipped"])
+    assert not report["missing"] and not report["mismatched"]
 
 
 @pytest.mark.parametrize(
