@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,7 +95,11 @@ def run_fold(configs: list[str], overrides: list[str], fold: int, fold_dir: Path
     if Path(chosen).is_file():
         system.load_state_dict(state_dict_of(load_checkpoint(chosen)))
     dm.setup("predict")
-    paths = predict_fold(system, dm, fold_dir / "predictions")
+    # Lightning moves the module back to the CPU when fit ends: predict on the training device, with
+    # the training precision (bf16 autocast under bf16-mixed).
+    system.to(trainer.strategy.root_device)
+    with trainer.precision_plugin.forward_context():
+        paths = predict_fold(system, dm, fold_dir / "predictions")
     labelled = {c.case_id: c.label for c in dm.val_cases}
     record = {
         "fold": fold,
@@ -118,11 +123,6 @@ class FoldJob(NamedTuple):
     scratch: bool  # run it with init_from unset
 
 
-def default_workers() -> int:
-    """One fold per visible GPU when there are several; otherwise folds one after another."""
-    return max(1, torch.cuda.device_count())
-
-
 def _worker_command(configs: list[str], overrides: list[str], job: FoldJob, output: Path) -> list[str]:
     return [sys.executable, "-m", "medssl", "cv", *[a for c in configs for a in ("--config", c)],
             "--output", str(output), "--worker-fold", str(job.fold), "--worker-dir", str(job.fold_dir),
@@ -134,17 +134,41 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_parallel(configs: list[str], overrides: list[str], jobs: list[FoldJob], output: Path,
-                 workers: int) -> None:
+                 workers: int, gpus: int) -> None:
     """Run the fold jobs as ``workers`` concurrent processes, each pinned to one GPU when there are GPUs.
 
     Each fold is its own ``medssl cv`` process (a fresh CUDA context and Lightning trainer), writing
     its output to ``fold_<k>/worker.log``. A failed fold does not stop the others; the first failure
-    is reported once all have ended.
+    is reported once all have ended. ``gpus``: GPUs to pin the workers to, round robin (0: CPU folds,
+    which share the cores through ``OMP_NUM_THREADS``). If this process is interrupted or terminated,
+    it stops its workers before it exits.
     """
-    gpus = torch.cuda.device_count()
     pending, running, failures = list(jobs), {}, []
     free_slots = list(range(workers))
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a scheduler's SIGTERM runs the cleanup below
+    try:
+        _run_pool(configs, overrides, output, workers, gpus, pending, running, free_slots, failures)
+    finally:  # interrupted or failed: no worker keeps training on its own
+        signal.signal(signal.SIGTERM, previous)
+        for proc in running:
+            proc.terminate()
+        for proc, (_, _, log) in running.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+    if failures:
+        raise MedsslError(failures[0] + (f"; {len(failures) - 1} more fold(s) failed" if len(failures) > 1 else ""))
+
+
+def _run_pool(configs, overrides, output, workers, gpus, pending, running, free_slots, failures) -> None:
     while pending or running:
         while pending and free_slots:
             job, slot = pending.pop(0), free_slots.pop(0)
@@ -169,8 +193,6 @@ def run_parallel(configs: list[str], overrides: list[str], jobs: list[FoldJob], 
                 failures.append(f"{job.run} fold {job.fold} failed: {_last_line(job.fold_dir / 'worker.log')} "
                                 f"(full log: {job.fold_dir / 'worker.log'})")
                 logger.error("%s", failures[-1])
-    if failures:
-        raise MedsslError(failures[0] + (f"; {len(failures) - 1} more fold(s) failed" if len(failures) > 1 else ""))
 
 
 def _visible_gpu(index: int) -> str:
@@ -213,7 +235,10 @@ def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, ou
     for job in jobs:
         if job not in pending:
             logger.info("%s fold %d: finished before, not run again", job.run, job.fold)
-    workers = min(default_workers() if workers is None else workers, len(pending)) or 1
+    gpus = torch.cuda.device_count() if probe.trainer.strategy.root_device.type == "cuda" else 0
+    if workers is None:  # one fold per visible GPU when the folds train on GPUs
+        workers = max(gpus, 1)
+    workers = min(workers, len(pending)) or 1
     if workers > 1:
         # The parent fills the disk cache and writes the split file once, so the workers neither
         # repeat the preprocessing nor race to write the same files.
@@ -221,7 +246,7 @@ def run_cv(configs: list[str], overrides: list[str], folds: list[int] | None, ou
         dm.split_file = str(split_file)
         dm.prepare_data()
         dm.setup("fit")
-        run_parallel(configs, overrides, pending, output, workers)
+        run_parallel(configs, overrides, pending, output, workers, gpus)
     else:
         for job in pending:
             logger.info("%s fold %d: training", job.run, job.fold)

@@ -107,3 +107,35 @@ def test_cv_refuses_several_devices_per_fold(picai_root, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--workers" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out" / "cv_report.json").exists()
+
+
+def test_terminated_cv_stops_its_workers(picai_root, tmp_path):
+    """A scheduler's SIGTERM to `cv --workers 2` ends the fold processes too, not only the parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    args = cv_args(picai_root, out, tmp_path / "cache", "--workers", "2", "--trainer.max_epochs", "50")
+    proc = subprocess.Popen([sys.executable, "-m", "medssl", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    def workers() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", "--", f"--worker-dir {out}"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    try:
+        deadline = time.time() + 300
+        while len(workers()) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the workers never started"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        assert workers() == []
+        assert not (out / "cv_report.json").exists()
+    finally:
+        proc.kill()
+        for pid in workers():
+            os.kill(int(pid), signal.SIGKILL)
