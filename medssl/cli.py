@@ -98,12 +98,24 @@ def _console_logging() -> None:
     """medssl's messages to stderr, once. Not on the root logger: Lightning then stops printing its own
     messages itself and every line would appear twice (once from its handler, once from the root)."""
     log = logging.getLogger("medssl")
-    if not log.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test's capture, a notebook's stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property always follows sys.stderr
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,11 @@ class MedsslModule(LightningModule):
     _speed_applied = False
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        host_mask = batch.get("modality_mask") if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if host_mask is not None:
-            batch["modality_mask"] = host_mask
-        return batch
+        if not isinstance(batch, dict) or "modality_mask" not in batch:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        rest = {k: v for k, v in batch.items() if k != "modality_mask"}
+        return {**super().transfer_batch_to_device(rest, device, dataloader_idx),
+                "modality_mask": batch["modality_mask"]}
 
     def configure_model(self) -> None:
         if self._speed_applied:

@@ -233,8 +233,7 @@ class SegmentationSystem(DenseSystem):
     def __init__(self, net: nn.Module, eval_modalities: list[str] | None = None, **kwargs):
         super().__init__(net, **kwargs)
         self.loss_fn = DiceCELoss(sigmoid=True)
-        self._dice: list[torch.Tensor] = []
-        self._hd95: list[torch.Tensor] = []
+        self._val_rows: dict[str, list[float]] = {}  # case id -> Dice per region, then HD95 per region
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.float())
@@ -265,16 +264,22 @@ class SegmentationSystem(DenseSystem):
         image, mask = self._subset(batch)
         pred = (self.predict_probability(image, mask) > 0.5).float()
         result = region_metrics(pred, batch["label"].float())
-        self._dice.append(torch.tensor([[result["dice"][r][i] for r in self.REGIONS]
-                                        for i in range(pred.shape[0])], dtype=torch.float32))
-        self._hd95.append(torch.tensor([[result["hd95"][r][i] for r in self.REGIONS]
-                                        for i in range(pred.shape[0])], dtype=torch.float32))
+        for i, case_id in enumerate(batch["case_id"]):
+            self._val_rows[case_id] = ([float(result["dice"][r][i]) for r in self.REGIONS]
+                                       + [float(result["hd95"][r][i]) for r in self.REGIONS])
 
     def on_validation_epoch_end(self) -> None:
-        if not self._dice:
+        rows, self._val_rows = self._val_rows, {}
+        if self.trainer.world_size > 1:  # every rank joins, even one without validation batches
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = {case_id: row for part in gathered for case_id, row in part.items()}  # each case once
+        if not rows:
             return
-        dice, hd95 = torch.cat(self._dice), torch.cat(self._hd95)
-        self._dice, self._hd95 = [], []
+        table = torch.tensor(list(rows.values()), dtype=torch.float32)  # [cases, 2 * regions]
+        n = len(self.REGIONS)
+        dice, hd95 = table[:, :n], table[:, n:]
+        # the same values on every rank (all cases gathered): syncing averages equal numbers
         for i, region in enumerate(self.REGIONS):
             self.log(f"val/dice_{region.lower()}", torch.nanmean(dice[:, i]), sync_dist=True)
             self.log(f"val/hd95_{region.lower()}", torch.nanmean(hd95[:, i]), sync_dist=True)

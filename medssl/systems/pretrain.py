@@ -65,7 +65,7 @@ class BMMAEPretrainSystem(MedsslModule):
         check_data_matches(self, self.net.modalities, self.net.img_size)
 
     def _volumes(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        image = batch["image"]  # [B, M, D, H, W]
+        image = self.channels_last_input(batch["image"])  # [B, M, D, H, W]
         return {m: image[:, i: i + 1] for i, m in enumerate(self.net.modalities)}, batch["modality_mask"]
 
     def training_step(self, batch, batch_idx):
@@ -149,7 +149,7 @@ class CSwinPretrainSystem(MedsslModule):
                               f"data.spatial_size) to [{crop[0]}, {crop[1]}, {crop[1]}]")
 
     def _step(self, batch, stage: str):
-        out = ssl_step(self.net, batch["image"], temperature=self.hparams.temperature)
+        out = ssl_step(self.net, self.channels_last_input(batch["image"]), temperature=self.hparams.temperature)
         losses = [out[f"loss_{t}"] for t in self.TASKS]
         loss = self.loss_weights(*losses)
         bs = batch["image"].shape[0]
