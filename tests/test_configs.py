@@ -108,3 +108,13 @@ def test_tiny_segmentation_validates(small_brats, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = "configs/finetune/bmmae_brats_tiny.yaml"
     MedsslCLI(args=["validate", *_fit_args(config, small_brats, tmp_path), "--model.init_args.tta_flip", "false"])
+
+
+def test_cache_per_node_reaches_lightning(small_brats, tmp_path, monkeypatch):
+    """`--data.cache_per_node false`: one rank in all fills a cache that every node shares."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.layout", "brats",
+            "--data.root", str(small_brats)]
+    assert MedsslCLI(args=args, run=False).datamodule.prepare_data_per_node is True
+    cli = MedsslCLI(args=[*args, "--data.cache_per_node", "false"], run=False)
+    assert cli.datamodule.prepare_data_per_node is False

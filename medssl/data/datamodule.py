@@ -67,6 +67,8 @@ class MRIDataModule(LightningDataModule):
         split_seed: seed of the folds.
         on_bad_case: a case that cannot be read (corrupt file, NaN voxels, bad label): ``stop`` with
             one line naming it, or ``skip`` it with a warning (counted in ``skipped_cases``).
+        cache_per_node: with several nodes, fill the cache once per node (true: local disks) or once
+            in all (false: ``cache_dir`` on a file system every node shares).
     """
 
     def __init__(
@@ -89,8 +91,10 @@ class MRIDataModule(LightningDataModule):
         split_file: str | None = None,
         split_seed: int = 0,
         on_bad_case: Literal["stop", "skip"] = "stop",
+        cache_per_node: bool = True,
     ):
         super().__init__()
+        self.prepare_data_per_node = cache_per_node  # Lightning's switch for where prepare_data runs
         if not root:
             raise ConfigError("data.root is not set: give the dataset folder (or the datalist file)")
         if not 0 <= fold < n_folds:
