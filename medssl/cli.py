@@ -79,6 +79,8 @@ OWN_COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("medssl.reconstruct:main",
                     "fill in missing sequences with BM-MAE:  medssl reconstruct --checkpoint CKPT --data.root DIR "
                     "--output OUT"),
+    "infer": ("medssl.infer:main", "predict new cases with a finetuned checkpoint:  medssl infer --checkpoint CKPT "
+              "--data.root DIR --output OUT"),
     "quickstart": ("medssl.quickstart:main", "synthetic data -> pretrain -> 5-fold CV, both twins:  medssl quickstart"),
 }
 

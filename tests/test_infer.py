@@ -1,0 +1,84 @@
+"""``medssl infer``: a finetuned checkpoint on new cases, maps in each case's own geometry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medssl.data.layouts import discover
+from medssl.data.synth import synth_brats, synth_picai
+from medssl.lightning_cli import MedsslCLI
+from tests.conftest import REPO, run_medssl
+
+
+def _fit(config: str, root, run_dir, *extra) -> None:
+    MedsslCLI(args=["fit", "--config", str(REPO / config), "--data.root", str(root),
+                    "--data.cache_dir", str(run_dir / "cache"), "--data.n_folds", "2", "--trainer.max_epochs", "1",
+                    "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *extra])
+
+
+@pytest.fixture(scope="module")
+def detection_run(picai_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("det_run")
+    _fit("configs/finetune/unet_picai_tiny.yaml", picai_root, run_dir, "--model.init_args.tta_flip", "false")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
+
+
+def test_detection_maps_for_every_new_case_in_its_t2w_geometry(detection_run, tmp_path):
+    new = tmp_path / "new"
+    synth_picai(new, cases=5, seed=11, first_patient=50000)
+    out = tmp_path / "out"
+    result = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(new), "--output", str(out),
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "predictions.json").read_text())
+    cases = {c.case_id: c for c in discover("picai", new)}
+    assert sorted(record["cases"]) == sorted(cases)  # labelled or not, every case
+    for case_id, entry in record["cases"].items():
+        det = sitk.ReadImage(entry["path"])
+        assert _same_geometry(det, sitk.ReadImage(cases[case_id].images["t2w"]))
+        values = sitk.GetArrayFromImage(det)
+        assert 0.0 <= values.min() and values.max() <= 1.0
+        assert entry["case_score"] == pytest.approx(float(values.max()))
+    # a rerun finds every map written and predicts nothing again
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    again = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(new), "--output", str(out),
+                       cwd=tmp_path)
+    assert again.returncode == 0 and {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == before
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(detection_run, picai_root, tmp_path):
+    result = run_medssl("infer", "--checkpoint", str(detection_run), "--config",
+                        str(REPO / "configs/finetune/cswin_picai_tiny.yaml"), "--data.root", str(picai_root),
+                        "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert str(detection_run) in last and "does not fit" in last
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_segmentation_writes_brats_labels_in_the_reference_geometry(tmp_path):
+    root = tmp_path / "brats"
+    synth_brats(root, cases=3, seed=4, size=(32, 32, 24))
+    _fit("configs/finetune/bmmae_brats_tiny.yaml", root, tmp_path / "run", "--trainer.limit_val_batches", "0")
+    out = tmp_path / "out"
+    result = run_medssl("infer", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                        "--output", str(out), cwd=tmp_path)  # data.root from the run's own config
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "predictions.json").read_text())
+    assert record["task"] == "segmentation" and len(record["cases"]) == 3
+    for entry in record["cases"].values():
+        labels = sitk.ReadImage(entry["path"])
+        assert _same_geometry(labels, sitk.ReadImage(entry["reference"]))
+        values = sitk.GetArrayFromImage(labels)
+        assert set(np.unique(values)) <= {0, 1, 2, 4}
+        assert entry["voxels"] == {name: int((values == v).sum()) for name, v in (("ncr", 1), ("ed", 2), ("et", 4))}
