@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -43,13 +44,16 @@ BRATS_LABELS = {"ncr": 1, "ed": 2, "et": 4}
 
 
 def find_run_config(checkpoint: Path) -> Path:
-    """The ``config.yaml`` Lightning saved for the run that wrote ``checkpoint`` (newest version)."""
+    """The ``config.yaml`` Lightning saved for the run that wrote ``checkpoint``: ``<run>/config.yaml``
+    (a run without a logger) or its first ``<run>/lightning_logs/version_*/config.yaml`` (the fit;
+    later versions may be validate runs with other settings)."""
     run_dir = checkpoint.resolve().parent.parent
-    found = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    found = [run_dir / "config.yaml"] if (run_dir / "config.yaml").is_file() else sorted(
+        run_dir.glob("lightning_logs/version_*/config.yaml"), key=lambda p: int(p.parent.name.split("_")[-1]))
     if not found:
         raise ConfigError(f"no config.yaml found under {run_dir}/lightning_logs for {checkpoint}; "
                           "give the run's config with --config")
-    return found[-1]
+    return found[0]
 
 
 def _inference_config(path: Path, folder: Path) -> Path:
@@ -87,6 +91,39 @@ def brats_label_map(regions: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _claim_output(output: Path, checkpoint: Path, settings: dict[str, Any]) -> None:
+    """Record which checkpoint and settings write ``output``; refuse a folder another one wrote."""
+    stamp = output / ".medssl_infer.json"
+    mine = {"checkpoint_sha256": _file_digest(checkpoint), "settings": settings}
+    if stamp.is_file():
+        theirs = json.loads(stamp.read_text())
+        if theirs != mine:
+            raise ConfigError(f"{output} holds predictions of another checkpoint or other settings "
+                              f"({stamp}); give a new --output or empty this one")
+        return
+    _write_json(stamp, mine)
+
+
+def _check_against_checkpoint(metadata: dict[str, Any], dm, checkpoint: Path) -> None:
+    """The data settings must be the ones the weights were trained with (saved in the checkpoint)."""
+    for key, ours in (("modalities", list(dm.modalities)),
+                      ("spacing", list(dm.spacing) if dm.spacing else None),
+                      ("spatial_size", list(dm.spatial_size) if dm.spatial_size else None)):
+        saved = metadata.get(key)
+        if saved is not None and ours is not None and [float(v) if key == "spacing" else v for v in saved] != (
+                [float(v) for v in ours] if key == "spacing" else ours):
+            raise ConfigError(f"data.{key} is {ours} but {checkpoint} was trained with {saved}; "
+                              f"set --data.{key} to match")
+
+
 def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | None = None,
               overrides: list[str] | None = None) -> dict[str, Any]:
     """Predict every case under ``data.root``; returns the ``predictions.json`` record."""
@@ -98,17 +135,23 @@ def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | N
         write_image_like,
     )
     from medssl.lightning_cli import MedsslCLI
+    from medssl.systems.common import check_in_channels
 
     checkpoint, output = Path(checkpoint), Path(output)
-    weights = state_dict_of(load_checkpoint(checkpoint))  # refuses unsafe pickles in one line
+    saved = load_checkpoint(checkpoint)  # refuses unsafe pickles in one line
+    weights = state_dict_of(saved)
+    metadata = saved.get("medssl") if isinstance(saved.get("medssl"), dict) else {}
     sources = [Path(c) for c in configs] if configs else [find_run_config(checkpoint)]
-    output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".config_", dir=output) as tmp:
+    with tempfile.TemporaryDirectory(prefix="medssl_infer_") as tmp:
         args = [a for c in sources for a in ("--config", str(_inference_config(c, Path(tmp))))]
-        # the checkpoint carries every weight; one device; nothing cached or logged unless asked
-        args += ["--data.cache_dir", "null",
-                 "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
-                 "--trainer.logger", "false", "--trainer.default_root_dir", str(output), *(overrides or [])]
+        # The checkpoint carries every weight; one device, whichever this machine has (a run trained
+        # on a GPU cluster is often applied on a workstation); labels are never read; nothing is
+        # cached or logged unless asked. bf16 autocast pays only on a GPU.
+        args += ["--data.cache_dir", "null", "--data.labels_root", "null",
+                 "--trainer.accelerator", "auto", "--trainer.devices", "1", "--trainer.num_nodes", "1",
+                 "--trainer.strategy", "auto", "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(output),
+                 *([] if torch.cuda.is_available() else ["--trainer.precision", "32-true"]), *(overrides or [])]
         cli = MedsslCLI(args=args, run=False)
     system, dm, trainer = cli.model, cli.datamodule, cli.trainer
     if not hasattr(system, "predict_probability"):
@@ -120,17 +163,29 @@ def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | N
         raise CheckpointError(f"{checkpoint}: does not fit the model of the config "
                               f"({one_line(e).split(':', 1)[-1].strip()[:300]})") from None
     detection = hasattr(system, "lesion_probability")
+    cases = dm.discover()
+    check_in_channels(system.net, dm.modalities)
+    _check_against_checkpoint(metadata, dm, checkpoint)
+    if not system.hparams.roi_size and dm.patch_size:
+        # the windows training validated with (the system reads them from the trainer's data module
+        # in fit and cv; here it has none)
+        system.hparams.roi_size = list(dm.patch_size)
     device = trainer.strategy.root_device
     system.to(device).eval()
+    settings = {"root": str(dm.root), "layout": dm.layout, "modalities": list(dm.modalities),
+                "spacing": dm.spacing and list(dm.spacing),
+                "spatial_size": dm.spatial_size and list(dm.spatial_size), "roi_size": system.hparams.roi_size,
+                "tta_flip": system.hparams.tta_flip}
+    output.mkdir(parents=True, exist_ok=True)
+    _claim_output(output, checkpoint, settings)
 
-    cases = dm.discover()
     dataset = dm.make_dataset(cases, with_labels=False, train=False)
     reference = dm.preprocessing(False).reference_order
     record: dict[str, Any] = {"checkpoint": str(checkpoint), "task": "detection" if detection else "segmentation",
-                              "cases": {}, "skipped": {}}
+                              **settings, "cases": {}, "skipped": {}}
     for i, case in enumerate(cases):
         out_path = output / f"{case.case_id}.nii.gz"
-        ref_path = next(case.images[m] for m in reference if case.images.get(m))
+        ref_path = next((case.images[m] for m in reference if case.images.get(m)), None)
         entry: dict[str, Any] = {"path": str(out_path), "reference": str(ref_path)}
         if out_path.is_file():
             logger.info("%s: written before, not predicted again", case.case_id)
@@ -138,6 +193,8 @@ def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | N
         else:
             try:
                 item = dataset[i]
+                if ref_path is None:
+                    raise DataError(f"none of the reference modalities {list(reference)}", case.case_id)
             except Exception as e:  # MONAI wraps the reader's error; keep ours, re-raise anything else
                 user_error = find_user_error(e)
                 if user_error is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,7 @@ def test_detection_maps_for_every_new_case_in_its_t2w_geometry(detection_run, tm
         values = sitk.GetArrayFromImage(det)
         assert 0.0 <= values.min() and values.max() <= 1.0
         assert entry["case_score"] == pytest.approx(float(values.max()))
+    assert record["roi_size"] == [8, 32, 32]  # the training windows (data.patch_size), not the whole volume
     # a rerun finds every map written and predicts nothing again
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
     again = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(new), "--output", str(out),
@@ -82,3 +84,29 @@ def test_segmentation_writes_brats_labels_in_the_reference_geometry(tmp_path):
         values = sitk.GetArrayFromImage(labels)
         assert set(np.unique(values)) <= {0, 1, 2, 4}
         assert entry["voxels"] == {name: int((values == v).sum()) for name, v in (("ncr", 1), ("ed", 2), ("et", 4))}
+
+
+def test_missing_reference_is_skipped_or_stops_in_one_line(detection_run, tmp_path):
+    new = tmp_path / "new"
+    synth_picai(new, cases=3, seed=12, first_patient=60000)
+    cases = sorted(discover("picai", new), key=lambda c: c.case_id)
+    Path(cases[0].images["t2w"]).unlink()  # the reference modality of the first case
+    common = ("infer", "--checkpoint", str(detection_run), "--data.root", str(new))
+    stopped = run_medssl(*common, "--output", str(tmp_path / "stop"), cwd=tmp_path)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert cases[0].case_id in stopped.stderr.strip().splitlines()[-1]
+    skipped = run_medssl(*common, "--output", str(tmp_path / "skip"), "--data.on_bad_case", "skip", cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    record = json.loads((tmp_path / "skip" / "predictions.json").read_text())
+    assert list(record["skipped"]) == [cases[0].case_id]
+    assert sorted(record["cases"]) == [c.case_id for c in cases[1:]]
+
+
+def test_output_written_by_another_checkpoint_is_refused(detection_run, picai_root, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".medssl_infer.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64, "settings": {}}))
+    result = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(picai_root),
+                        "--output", str(out), cwd=tmp_path)
+    assert result.returncode == 2 and "another checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert not list(out.glob("*.nii.gz"))
