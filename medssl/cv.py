@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -150,11 +151,14 @@ def run_parallel(configs: list[str], overrides: list[str], jobs: list[FoldJob], 
     """
     pending, running, failures = list(jobs), {}, []
     free_slots = list(range(workers))
-    previous = signal.signal(signal.SIGTERM, _terminated)  # a scheduler's SIGTERM runs the cleanup below
+    # a scheduler's SIGTERM runs the cleanup below (signal handlers can only be set from the main thread)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         _run_pool(configs, overrides, output, workers, gpus, pending, running, free_slots, failures)
     finally:  # interrupted or failed: no worker keeps training on its own
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for proc in running:
             proc.terminate()
         for proc, (_, _, log) in running.items():
