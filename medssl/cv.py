@@ -52,7 +52,8 @@ def _checkpoint_callback(trainer, fold_dir: Path) -> ModelCheckpoint:
 
 def predict_fold(system, dm, out_dir: Path) -> dict[str, str]:
     """Detection map of every validation case on its original reference (T2W) grid. Returns case -> path."""
-    from medssl.evaluation.detection import detection_map, probability_to_original, write_image_like
+    from medssl.evaluation.detection import write_image_like
+    from medssl.infer import predict_case
 
     out_dir.mkdir(parents=True, exist_ok=True)
     system.eval()
@@ -60,14 +61,9 @@ def predict_fold(system, dm, out_dir: Path) -> dict[str, str]:
     reference = dm.preprocessing(False).reference_order
     paths = {}
     for i, case in enumerate(dm.val_cases):
-        item = dataset[i]
-        image = item["image"][None].to(system.device)
-        mask = torch.as_tensor(item["modality_mask"])[None]  # stays on the host (see MedsslModule)
-        prob = system.lesion_probability(image, mask)[0]  # [D, H, W] on the preprocessing grid
         ref_path = next(case.images[m] for m in reference if case.images.get(m))
-        det = detection_map(probability_to_original(prob, item["grid"].numpy(), ref_path))
         path = out_dir / f"{case.case_id}.nii.gz"
-        write_image_like(det, ref_path, path)
+        write_image_like(predict_case(system, dataset[i], ref_path, case.case_id), ref_path, path)
         paths[case.case_id] = str(path)
     return paths
 

@@ -124,16 +124,30 @@ def _check_against_checkpoint(metadata: dict[str, Any], dm, checkpoint: Path) ->
                               f"set --data.{key} to match")
 
 
+def predict_case(system, item: dict[str, Any], reference_path: str, case_id: str) -> np.ndarray:
+    """One preprocessed case through a finetuned system, back on its reference image's grid.
+
+    Detection: the PI-CAI detection map; segmentation: BraTS labels (``brats_label_map``). Runs on
+    the system's device under the caller's precision context; the modality mask stays on the host.
+    """
+    from medssl.evaluation.detection import detection_map, grid_of_file, probability_to_original, to_grid
+
+    image = item["image"][None].to(system.device)
+    mask = torch.as_tensor(item["modality_mask"])[None]  # stays on the host (see MedsslModule)
+    grid = item["grid"].numpy()
+    with torch.no_grad():
+        if hasattr(system, "lesion_probability"):
+            prob = system.lesion_probability(image, mask)[0]
+            return detection_map(probability_to_original(prob, grid, reference_path))
+        prob = system.predict_probability(image, mask)[0].float().cpu().numpy()  # [regions, D, H, W]
+    target = grid_of_file(reference_path, case_id)
+    return brats_label_map(np.stack([to_grid(p.astype(np.float32), grid, target) > 0.5 for p in prob]))
+
+
 def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | None = None,
               overrides: list[str] | None = None) -> dict[str, Any]:
     """Predict every case under ``data.root``; returns the ``predictions.json`` record."""
-    from medssl.evaluation.detection import (
-        detection_map,
-        grid_of_file,
-        probability_to_original,
-        to_grid,
-        write_image_like,
-    )
+    from medssl.evaluation.detection import write_image_like
     from medssl.lightning_cli import MedsslCLI
     from medssl.systems.common import check_in_channels
 
@@ -204,19 +218,8 @@ def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | N
                 logger.warning("skipping unusable case: %s", one_line(user_error))
                 record["skipped"][case.case_id] = one_line(user_error)
                 continue
-            image = item["image"][None].to(device)
-            mask = torch.as_tensor(item["modality_mask"])[None]  # stays on the host (see MedsslModule)
-            grid = item["grid"].numpy()
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                if detection:
-                    prob = system.lesion_probability(image, mask)[0]
-                else:
-                    prob = system.predict_probability(image, mask)[0].float().cpu().numpy()  # [3, D, H, W]
-            if detection:
-                written = detection_map(probability_to_original(prob, grid, ref_path))
-            else:
-                target = grid_of_file(ref_path, case.case_id)
-                written = brats_label_map(np.stack([to_grid(p.astype(np.float32), grid, target) > 0.5 for p in prob]))
+            with trainer.precision_plugin.forward_context():
+                written = predict_case(system, item, ref_path, case.case_id)
             write_image_like(written, ref_path, out_path)
             logger.info("%s: wrote %s", case.case_id, out_path)
         if detection:
