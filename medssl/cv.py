@@ -26,15 +26,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medssl.checkpoint import load_checkpoint, state_dict_of
 from medssl.errors import ConfigError, MedsslError
+from medssl.evaluation.files import write_json
 
 logger = logging.getLogger(__name__)
 DONE = "fold_result.json"
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _checkpoint_callback(trainer, fold_dir: Path) -> ModelCheckpoint:
@@ -109,7 +105,7 @@ def run_fold(configs: list[str], overrides: list[str], fold: int, fold_dir: Path
         "skipped_cases": dict(dm.skipped_cases),
         "train_cases": len(dm.train_cases),
     }
-    _write_json(fold_dir / DONE, record)  # written last: a fold with this file is finished
+    write_json(fold_dir / DONE, record)  # written last: a fold with this file is finished
     return record
 
 

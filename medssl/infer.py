@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import yaml
 
 from medssl.checkpoint import load_checkpoint, state_dict_of
 from medssl.errors import CheckpointError, ConfigError, DataError, find_user_error, one_line
+from medssl.evaluation.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ def _inference_config(path: Path, folder: Path) -> Path:
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
 
 def brats_label_map(regions: np.ndarray) -> np.ndarray:
     """``[3, D, H, W]`` bool TC, WT, ET -> ``[D, H, W]`` uint8 BraTS labels (nested: ET in TC in WT)."""
@@ -109,18 +104,19 @@ def _claim_output(output: Path, checkpoint: Path, settings: dict[str, Any]) -> N
             raise ConfigError(f"{output} holds predictions of another checkpoint or other settings "
                               f"({stamp}); give a new --output or empty this one")
         return
-    _write_json(stamp, mine)
+    write_json(stamp, mine)
 
 
 def _check_against_checkpoint(metadata: dict[str, Any], dm, checkpoint: Path) -> None:
     """The data settings must be the ones the weights were trained with (saved in the checkpoint)."""
-    for key, ours in (("modalities", list(dm.modalities)),
-                      ("spacing", list(dm.spacing) if dm.spacing else None),
-                      ("spatial_size", list(dm.spatial_size) if dm.spatial_size else None)):
+    ours = {"modalities": dm.modalities, "spacing": dm.spacing, "spatial_size": dm.spatial_size}
+    for key, value in ours.items():
         saved = metadata.get(key)
-        if saved is not None and ours is not None and [float(v) if key == "spacing" else v for v in saved] != (
-                [float(v) for v in ours] if key == "spacing" else ours):
-            raise ConfigError(f"data.{key} is {ours} but {checkpoint} was trained with {saved}; "
+        if saved is None or value is None:
+            continue
+        if not np.array_equal(np.asarray(saved, dtype=object if key == "modalities" else float),
+                              np.asarray(list(value), dtype=object if key == "modalities" else float)):
+            raise ConfigError(f"data.{key} is {list(value)} but {checkpoint} was trained with {saved}; "
                               f"set --data.{key} to match")
 
 
@@ -227,7 +223,7 @@ def run_infer(checkpoint: str | Path, output: str | Path, configs: list[str] | N
         else:
             entry["voxels"] = {name: int((written == value).sum()) for name, value in BRATS_LABELS.items()}
         record["cases"][case.case_id] = entry
-    _write_json(output / "predictions.json", record)
+    write_json(output / "predictions.json", record)
     return record
 
 
