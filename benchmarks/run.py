@@ -222,23 +222,11 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``obj`` as JSON, through medssl's one atomic writer (temporary name, read back, then renamed)."""
+    from medssl.io import write_json
 
-
-# --------------------------------------------------------------------------- 2. matmul ceiling
+    json.dumps(obj, allow_nan=False)  # the results must be strict JSON
+    write_json(path, obj)
 
 
 def bench_matmul(device: str, dtypes: Sequence[str], n: int, warmup: int, repeats: int) -> dict[str, Any]:
@@ -591,8 +579,9 @@ def bench_eval(cfg: dict[str, Any], root: Path, workdir: Path) -> dict[str, Any]
     """
     import SimpleITK as sitk
 
+    from medssl.data.geometry import write_like
     from medssl.data.layouts import discover
-    from medssl.evaluation.detection import detection_map, smooth, write_image_like
+    from medssl.evaluation.detection import detection_map, smooth
     from medssl.evaluation.picai import evaluate_maps
 
     rng = np.random.default_rng(0)
@@ -610,7 +599,7 @@ def bench_eval(cfg: dict[str, Any], root: Path, workdir: Path) -> dict[str, Any]
         det_s.append(time.perf_counter() - start)
         det_paths[case.case_id] = str(workdir / "det" / f"{case.case_id}.nii.gz")
         Path(det_paths[case.case_id]).parent.mkdir(parents=True, exist_ok=True)
-        write_image_like(det, case.label, det_paths[case.case_id])
+        write_like(det, case.label, det_paths[case.case_id])
         label_paths[case.case_id] = case.label
     walls, cpus, metrics = [], [], None
     for i in range(cfg["warmup"] + cfg["repeats"]):

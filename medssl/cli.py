@@ -8,9 +8,7 @@ ends as one ``medssl: error: ...`` line and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import logging
 import sys
 import warnings
@@ -34,65 +32,33 @@ Run `medssl COMMAND --help` for a command's options.
 """
 
 
-def _synth(argv: list[str]) -> int:
-    from medssl.data.synth import synth_brats, synth_picai
-
-    parser = argparse.ArgumentParser(prog="medssl synth", description="Write synthetic data in a real layout.")
-    parser.add_argument("layout", choices=["picai", "brats"])
-    parser.add_argument("out", help="destination folder")
-    parser.add_argument("--cases", type=int, default=None, help="number of cases (30 PI-CAI, 12 BraTS)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.layout == "picai":
-        ids = synth_picai(args.out, cases=args.cases or 30, seed=args.seed)
-    else:
-        ids = synth_brats(args.out, cases=args.cases or 12, seed=args.seed)
-    print(f"wrote {len(ids)} synthetic {args.layout} cases to {args.out}")
-    return 0
-
-
-def _check(argv: list[str]) -> int:
-    from medssl.check import check_dataset, format_summary
-
-    parser = argparse.ArgumentParser(prog="medssl check", description="Read every case and summarise the data.")
-    parser.add_argument("root", help="data root (PI-CAI: the folder holding images/; datalist: the file)")
-    parser.add_argument("--layout", choices=["picai", "brats", "datalist"], required=True)
-    parser.add_argument("--labels", default=None, help="PI-CAI picai_labels folder (default: beside images/)")
-    parser.add_argument("--label-source", default="human_expert", choices=["human_expert", "AI", "human_expert+AI"])
-    parser.add_argument("--modalities", default=None, help="comma-separated modalities (datalist)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    args = parser.parse_args(argv)
-    modalities = args.modalities.split(",") if args.modalities else None
-    summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities)
-    for line in summary["errors"]:
-        print(f"medssl: error: {line}", file=sys.stderr)
-    print(json.dumps(summary) if args.json else format_summary(summary))
-    return 1 if summary["errors"] else 0
-
-
 # name -> ("module:function", help line); a command's module is imported only when it runs,
 # so `medssl --help` and `medssl synth` start without torch, Lightning or MONAI.
 OWN_COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("medssl.cli:_synth", "write synthetic data in a real layout:  medssl synth picai OUT --cases 30"),
-    "check": ("medssl.cli:_check", "read every case and summarise a data set:  medssl check ROOT --layout picai"),
-    "cv": ("medssl.cv:main", "k-fold finetuning + PI-CAI report:  medssl cv --config CFG --output DIR [--twin]"),
-    "reconstruct": ("medssl.reconstruct:main",
+    "synth": ("medssl.commands.synth:main",
+              "write synthetic data in a real layout:  medssl synth picai OUT --cases 30"),
+    "check": ("medssl.commands.check:main",
+              "read every case and summarise a data set:  medssl check ROOT --layout picai"),
+    "cv": ("medssl.commands.cv:main",
+           "k-fold finetuning + PI-CAI report:  medssl cv --config CFG --output DIR [--twin]"),
+    "infer": ("medssl.commands.infer:main", "predict new cases with finetuned model(s):  medssl infer --checkpoint "
+              "CKPT [CKPT ...] | --cv CV_DIR --data.root DIR --output OUT"),
+    "evaluate": ("medssl.commands.evaluate:main",
+                 "score prediction maps against labels:  medssl evaluate --predictions DIR --labels LABELS [--json]"),
+    "embed": ("medssl.commands.embed:main",
+              "one vector per case from a pretrained encoder:  medssl embed --checkpoint CKPT --data.root DIR "
+              "--output OUT [--pool cls|mean]"),
+    "reconstruct": ("medssl.commands.reconstruct:main",
                     "fill in missing sequences with BM-MAE:  medssl reconstruct --checkpoint CKPT --data.root DIR "
                     "--output OUT"),
-    "infer": ("medssl.infer:main", "predict new cases with a finetuned checkpoint:  medssl infer --checkpoint CKPT "
-              "--data.root DIR --output OUT"),
-    "quickstart": ("medssl.quickstart:main", "synthetic data -> pretrain -> 5-fold CV, both twins:  medssl quickstart"),
+    "quickstart": ("medssl.commands.quickstart:main",
+                   "synthetic data -> pretrain -> 5-fold CV, both twins:  medssl quickstart"),
 }
+LIGHTNING_ENTRY = "medssl.commands.lightning:main"
 
 
-def run_lightning(argv: list[str]) -> None:
-    from medssl.lightning_cli import MedsslCLI
-
-    MedsslCLI(args=argv)
-
-
-def _own_command(name: str) -> Callable[[list[str]], int]:
-    module, func = OWN_COMMANDS[name][0].split(":")
+def _command(target: str) -> Callable[[list[str]], int]:
+    module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -123,8 +89,15 @@ class _Stderr(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _console_logging()
-    # project subcommands drive LightningCLI with args of their own; that is intended here
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    with warnings.catch_warnings():  # scoped to the command: importing medssl changes no filter
+        # project subcommands drive LightningCLI with args of their own; that is intended here
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        # the systems override transfer_batch_to_device on purpose (MedsslModule)
+        warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
+        return _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     try:
         if not argv or argv[0] in ("-h", "--help", "help"):
             commands = "".join(f"  {name:<12} {line}\n" for name, (_, line) in OWN_COMMANDS.items())
@@ -132,10 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         command = argv[0]
         if command in OWN_COMMANDS:
-            return _own_command(command)(argv[1:])
+            return _command(OWN_COMMANDS[command][0])(argv[1:])
         if command in LIGHTNING_COMMANDS:
-            run_lightning(argv)
-            return 0
+            return _command(LIGHTNING_ENTRY)(argv)
         print(f"medssl: error: unknown command {command!r}; run `medssl --help`", file=sys.stderr)
         return 2
     except MedsslError as e:

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medssl.checkpoint import load_checkpoint
-from medssl.errors import ConfigError, MedsslError
+from medssl.errors import CheckpointError, ConfigError, MedsslError, one_line
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint Lightning opens (``--ckpt_path``, ``last``/``best``, a resumed fold) goes through
+    medssl's safe loader: tensors and plain containers only, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    says (it only affects ``torch.load`` calls that do not pass ``weights_only``; ours always does)."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(path)
+
+
+class MedsslSaveConfig(SaveConfigCallback):
+    """Lightning's config saving, and the same resolved YAML handed to the system, which stores it in every
+    checkpoint it writes (so a checkpoint always knows the config that made it)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.run_config = self.parser.dump(self.config, skip_none=False, skip_validation=True)
+        super().setup(trainer, pl_module, stage)
 
 
 def condense_config_error(exc: BaseException) -> str:
@@ -40,6 +60,29 @@ def condense_config_error(exc: BaseException) -> str:
     return f"{key}: {reason}" if key else reason
 
 
+def _check_yaml_files(args) -> None:
+    """Each ``--config`` file must be readable YAML: a syntax error names the file, line and column (jsonargparse
+    reports it as a "<unicode string>")."""
+    import yaml
+
+    args = list(args or [])
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # jsonargparse names a missing file itself
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(e, "problem", None) or one_line(e)
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+
+
 class MedsslCLI(LightningCLI):
     """``medssl fit|validate|test|predict``.
 
@@ -55,7 +98,7 @@ class MedsslCLI(LightningCLI):
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            save_config_callback=SaveConfigCallback,
+            save_config_callback=MedsslSaveConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             parser_kwargs={"prog": "medssl", "env_prefix": "MEDSSL", "allow_abbrev": False, "exit_on_error": False},
@@ -65,23 +108,57 @@ class MedsslCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
+        _check_yaml_files(args)
         try:
             super().parse_arguments(parser, args)
         except (argparse.ArgumentError, ValueError, TypeError) as e:
             raise ConfigError(condense_config_error(e)) from None
 
     def instantiate_classes(self) -> None:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         try:
             super().instantiate_classes()
         except MedsslError:
             raise
+        except MisconfigurationException as e:  # e.g. enable_checkpointing false beside a recipe's ModelCheckpoint
+            raise ConfigError(f"trainer: {one_line(e)}") from None
         except (argparse.ArgumentError, ValueError, TypeError) as e:
-            raise ConfigError(condense_config_error(e)) from None
+            raise ConfigError(self._name_net_key(condense_config_error(e))) from None
+        self.trainer.strategy.checkpoint_io = SafeCheckpointIO()
         # One checkpoint folder per run folder (not per logger version), so `--ckpt_path last`
         # finds the last checkpoint of a killed run when the same command is started again.
         for callback in self.trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+
+    def _name_net_key(self, message: str) -> str:
+        """A net's own ``ValueError`` ("feature_size=0 must be ...") names its argument only; give the key path
+        the config uses, ``model.init_args.net.init_args.<arg>``, so the user knows what to change."""
+        if "model.init_args.net.init_args." in message:
+            return message
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        try:
+            net = config["model"]["init_args"]["net"]
+            module, _, name = str(net["class_path"]).rpartition(".")
+            cls = getattr(__import__(module, fromlist=[name]), name)
+        except (KeyError, TypeError, AttributeError, ImportError, ValueError):
+            return message
+        match = re.match(r"^(\w+)=", message)
+        params = inspect.signature(cls.__init__).parameters
+        if match and match.group(1) in params:
+            return f"model.init_args.net.init_args.{match.group(1)}: {message}"
+        return message
+
+    def before_predict(self) -> None:
+        """``medssl predict`` writes what ``medssl infer`` writes, under ``<default_root_dir>/predictions``."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        from medssl.inference import map_writer
+
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(map_writer(os.path.join(self.trainer.default_root_dir, "predictions")))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing; check the file first so an
@@ -90,5 +167,16 @@ class MedsslCLI(LightningCLI):
         config = self.config.get(subcommand, self.config) if subcommand else self.config
         path = config.get("ckpt_path")
         if path and path not in ("last", "best", "hpc", "registry"):
-            load_checkpoint(path)
-        super()._parse_ckpt_path()
+            checkpoint = load_checkpoint(path)
+            saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+            model = config.get("model")
+            wanted = model.get("class_path") if hasattr(model, "get") else None
+            if saved and wanted and saved != wanted:
+                raise CheckpointError(f"--ckpt_path {path} is a {saved.rsplit('.', 1)[-1]} checkpoint but the "
+                                      f"config's model is {wanted.rsplit('.', 1)[-1]}; give the config it was "
+                                      "trained with")
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit:
+            raise ConfigError(f"--ckpt_path {path}: its hyperparameters do not fit the config's model; give the "
+                              "config it was trained with") from None

@@ -11,9 +11,9 @@ Every step reuses what an earlier, interrupted quickstart finished.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -33,31 +33,50 @@ def configs_dir() -> Path:
 
 
 def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24, pretrain_epochs: int = 3,
-                   finetune_epochs: int = 3, seed: int = 0, folds: list[int] | None = None) -> dict:
+                   finetune_epochs: int = 3, seed: int = 0, folds: list[int] | None = None,
+                   difficulty: str = "realistic", overwrite: bool = False) -> dict:
+    """Synthetic data, pretraining on the archive, the CV of both twins; returns the cv report.
+
+    The output records its options (``.medssl_quickstart.json``): a rerun with other options is refused
+    in one line (or redone from scratch with ``overwrite``), never answered with the old report.
+    """
     from lightning.pytorch import seed_everything
 
     from medssl.cv import run_cv
     from medssl.data.synth import synth_picai
-    from medssl.lightning_cli import MedsslCLI
+    from medssl.runs import Stamp, build_cli
 
     start = time.time()
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; give a folder")
+    options = {"cases": cases, "archive_cases": archive_cases, "pretrain_epochs": pretrain_epochs,
+               "finetune_epochs": finetune_epochs, "seed": seed, "difficulty": difficulty}
+    stamp = Stamp(output, ".medssl_quickstart.json")
+    theirs = stamp.read() if output.is_dir() else None
+    if theirs is not None and theirs != options and overwrite:
+        logger.info("quickstart: %s was made with other options; starting again (--overwrite)", output)
+        shutil.rmtree(output)
+    elif theirs is None and output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ConfigError(f"--output {output} is not empty and was not made by medssl quickstart; give a new folder")
+    stamp.claim(options, "a quickstart run")
     configs = configs_dir()
     data, archive, cache = output / "data", output / "archive", output / "cache"
     for folder, n, s, first in ((data, cases, seed, 10000), (archive, archive_cases, seed + 1000, 20000)):
         if not (folder / "picai_labels" / "clinical_information" / "marksheet.csv").is_file():
-            logger.info("quickstart: writing %d synthetic cases to %s", n, folder)
-            synth_picai(folder, cases=n, seed=s, first_patient=first)
+            if folder.exists():  # an interrupted write: start the set again
+                shutil.rmtree(folder)
+            logger.info("quickstart: writing %d synthetic cases (%s) to %s", n, difficulty, folder)
+            synth_picai(folder, cases=n, seed=s, first_patient=first, difficulty=difficulty)
     pretrain_dir = output / "pretrain"
     ckpt = pretrain_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         logger.info("quickstart: pretraining CSwin UNet on the archive (%d epochs)", pretrain_epochs)
         seed_everything(seed)
-        cli = MedsslCLI(args=["--config", str(configs / "pretrain" / "cswin_tiny.yaml"),
-                              "--data.root", str(archive), "--data.cache_dir", str(cache),
-                              "--trainer.max_epochs", str(pretrain_epochs),
-                              "--trainer.default_root_dir", str(pretrain_dir),
-                              "--trainer.enable_progress_bar", "false"], run=False)
+        cli = build_cli([configs / "pretrain" / "cswin_tiny.yaml"],
+                        ["--data.root", str(archive), "--data.cache_dir", str(cache),
+                         "--trainer.max_epochs", str(pretrain_epochs), "--trainer.default_root_dir", str(pretrain_dir),
+                         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
         for cb in cli.trainer.checkpoint_callbacks:
             cb.dirpath = str(pretrain_dir / "checkpoints")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -68,34 +87,18 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
                      "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)],
                     folds, output / "cv", twin=True)
     report["quickstart_seconds"] = round(time.time() - start, 1)
+    report["twin_difference_line"] = twin_difference_line(report)
     return report
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medssl quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    parser.add_argument("--cases", type=int, default=30, help="labelled synthetic cases")
-    parser.add_argument("--archive-cases", type=int, default=24, help="unlabelled synthetic cases for pretraining")
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all five)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name in ("cases", "archive_cases", "pretrain_epochs", "finetune_epochs"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
-    if args.cases < 10:
-        raise ConfigError(f"--cases {args.cases}: five folds need at least 10 labelled cases")
-    try:
-        folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    except ValueError:
-        raise ConfigError(f"--folds {args.folds!r}: give fold numbers like 0,1") from None
-    report = run_quickstart(args.output, args.cases, args.archive_cases, args.pretrain_epochs,
-                            args.finetune_epochs, args.seed, folds)
-    comparison = report.get("comparison", {})
-    print(f"quickstart finished in {report['quickstart_seconds']:.0f} s; report: "
-          f"{Path(args.output) / 'cv' / 'cv_report.md'}")
-    for metric in ("auroc", "ap", "score"):
-        row = comparison.get(metric, {})
-        print(f"  {metric:<6} pretrained {row.get('pretrained')}  scratch {row.get('scratch')}")
-    return 0
+def twin_difference_line(report: dict) -> str | None:
+    """One line on pretrained minus scratch (pooled PI-CAI score, its paired 95 % CI and p-value)."""
+    row = (report.get("comparison") or {}).get("score") or {}
+    diff, ci, p = row.get("pooled_difference"), row.get("pooled_ci"), row.get("p_value")
+    if diff is None:
+        return None
+    ci_text = f", 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci and None not in ci else ""
+    p_text = f", p = {p:.3f}" if p is not None else ""
+    verdict = ("no detectable difference" if ci and None not in ci and ci[0] <= 0 <= ci[1]
+               else "pretraining helped" if diff > 0 else "pretraining hurt")
+    return f"pretrained - scratch, pooled PI-CAI score: {diff:+.3f}{ci_text}{p_text} ({verdict})"

@@ -69,7 +69,7 @@ def break_case(root: Path, case_id: str, problem: str) -> None:
 
 # -- medssl check ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(("problem", "message"), [
-    ("truncated", "cannot read image"), ("nan", "NaN or Inf voxels"), ("label_range", "label values [9]"),
+    ("truncated", "truncated"), ("nan", "NaN or Inf voxels"), ("label_range", "label values [9]"),
     ("label_grid", "does not match the reference"), ("no_reference", "no t2w image"),
     ("empty", "no PI-CAI cases found"),
 ])
@@ -153,3 +153,139 @@ def test_bad_case_stops_training_or_is_skipped(picai_root, tmp_path):
     assert f"skipping unusable case: case {ids[2]}" in skip.stderr
     last = torch.load(tmp_path / "skip" / "checkpoints" / "last.ckpt", weights_only=True)
     assert list(last["medssl"]["skipped_cases"]) == [ids[2]]
+
+
+# -- issue 17's families: reads that lie, writing outside the output, reuse under other settings ----------
+def _truncate_gz(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # SimpleITK zero-fills the rest and raises nothing
+
+
+@pytest.mark.parametrize("what", ["image", "label"])
+def test_truncated_nifti_makes_check_fail_naming_the_case(brats_root, tmp_path, what):
+    root = tmp_path / "brats"
+    shutil.copytree(brats_root, root)
+    case = sorted(p for p in root.iterdir() if p.is_dir() and (p / f"{p.name}_seg.nii.gz").is_file())[0]
+    target = case / f"{case.name}_{'t2' if what == 'image' else 'seg'}.nii.gz"
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).size  # SimpleITK reads it before the cut ...
+    _truncate_gz(target)
+    sitk.ReadImage(str(target))  # ... and after it, without a word: the cut part reads as zeros
+    result = run_medssl("check", str(root), "--layout", "brats", "--json", cwd=tmp_path)
+    lines = error_lines(result)
+    assert len(lines) == 1 and case.name in lines[0] and "truncated" in lines[0], lines
+
+
+def test_two_files_for_one_modality_are_refused_naming_both(picai_root, tmp_path):
+    root = tmp_path / "data"
+    ids = small_copy(picai_root, root, n=2)
+    pid = ids[0].split("_")[0]
+    mha = root / "images" / pid / f"{ids[0]}_adc.mha"
+    sitk.WriteImage(sitk.ReadImage(str(mha)), str(mha.with_name(f"{ids[0]}_adc.nii.gz")))
+    (line,) = error_lines(run_medssl("check", str(root), "--layout", "picai", cwd=tmp_path))
+    assert f"{ids[0]}_adc.mha" in line and f"{ids[0]}_adc.nii.gz" in line
+
+
+def test_a_modality_off_the_reference_grid_is_refused(picai_root, tmp_path):
+    root = tmp_path / "data"
+    ids = small_copy(picai_root, root, n=2)
+    adc = root / "images" / ids[1].split("_")[0] / f"{ids[1]}_adc.mha"
+    image = sitk.ReadImage(str(adc))
+    image.SetOrigin(tuple(o + 500.0 for o in image.GetOrigin()))  # half a metre away: all zeros if resampled
+    sitk.WriteImage(image, str(adc))
+    lines = error_lines(run_medssl("check", str(root), "--layout", "picai", cwd=tmp_path))
+    assert any(ids[1] in ln and "adc" in ln for ln in lines), lines
+
+
+def _datalist(picai_root: Path, tmp_path: Path, case_id: str) -> Path:
+    case = next(p for p in sorted((picai_root / "images").glob("*/*_t2w.mha")))
+    stem = case.name.removesuffix("_t2w.mha")
+    rows = [{"case_id": case_id, "patient_id": "p1", **{m: str(case.with_name(f"{stem}_{m}.mha"))
+                                                        for m in ("t2w", "adc", "hbv")}}]
+    path = tmp_path / "list.json"
+    path.write_text(__import__("json").dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("case_id", ["../../x", "a/b", "/abs/x", ".hidden"])
+def test_case_ids_that_leave_the_output_are_refused_before_anything_is_written(picai_root, tmp_path, case_id):
+    datalist = _datalist(picai_root, tmp_path, case_id)
+    out = tmp_path / "deep" / "out"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    (line,) = error_lines(run_medssl("check", str(datalist), "--layout", "datalist", cwd=tmp_path))
+    assert repr(case_id)[1:-1] in line or case_id in line
+    (line,) = error_lines(run_medssl("fit", "--config", DETECT, "--data.layout", "datalist", "--data.root",
+                                     str(datalist), "--data.cache_dir", str(out / "cache"),
+                                     "--trainer.default_root_dir", str(out), cwd=tmp_path))
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, inside or outside
+
+
+def test_synth_into_a_non_empty_folder_refuses_and_changes_nothing(tmp_path):
+    target = tmp_path / "data"
+    (target / "images" / "10000").mkdir(parents=True)
+    real = target / "images" / "10000" / "10000_1000000_t2w.mha"
+    real.write_bytes(b"a real scan")
+    (line,) = error_lines(run_medssl("synth", "picai", str(target), "--cases", "3", cwd=tmp_path))
+    assert str(target) in line and "not empty" in line
+    assert real.read_bytes() == b"a real scan" and sorted(target.rglob("*")) == [target / "images",
+                                                                              target / "images" / "10000", real]
+
+
+def test_quickstart_rerun_with_other_options_is_refused(tmp_path):
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / ".medssl_quickstart.json").write_text(__import__("json").dumps(
+        {"cases": 30, "archive_cases": 24, "pretrain_epochs": 3, "finetune_epochs": 3, "seed": 0,
+         "difficulty": "realistic"}))
+    (line,) = error_lines(run_medssl("quickstart", "--output", str(out), "--seed", "1", cwd=tmp_path))
+    assert "other settings" in line and "--overwrite" in line
+    assert sorted(p.name for p in out.iterdir()) == [".medssl_quickstart.json"]
+
+
+# -- issue 17's remaining user mistakes: one line each ------------------------------------------------------
+def test_yaml_error_names_the_file(picai_root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args: [unclosed\n")
+    (line,) = error_lines(run_medssl("fit", "--config", str(bad), "--data.root", str(picai_root), cwd=tmp_path))
+    assert str(bad) in line and "not valid YAML" in line and "line" in line
+
+
+def test_disabled_checkpointing_beside_a_recipe_callback_is_one_line(picai_root, tmp_path):
+    (line,) = error_lines(run_medssl("fit", "--config", DETECT, "--data.root", str(picai_root),
+                                     "--trainer.enable_checkpointing", "false", cwd=tmp_path))
+    assert "trainer" in line and "checkpoint" in line.lower()
+
+
+def test_output_that_is_a_file_is_one_line(picai_root, tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("x")
+    (line,) = error_lines(run_medssl("cv", "--config", DETECT, "--data.root", str(picai_root),
+                                     "--output", str(target), cwd=tmp_path))
+    assert "is a file" in line and target.read_text() == "x"
+
+
+def test_latin1_marksheet_is_one_line(picai_root, tmp_path):
+    root = tmp_path / "data"
+    small_copy(picai_root, root, n=2)
+    sheet = root / "picai_labels" / "clinical_information" / "marksheet.csv"
+    sheet.parent.mkdir(parents=True, exist_ok=True)
+    sheet.write_bytes("patient_id,study_id,comment\n10000,1000000,Prüfung\n".encode("latin-1"))
+    (line,) = error_lines(run_medssl("check", str(root), "--layout", "picai", cwd=tmp_path))
+    assert "marksheet.csv" in line and "UTF-8" in line
+
+
+def test_grid_too_large_is_estimated_before_resampling(picai_root, tmp_path):
+    root = tmp_path / "data"
+    small_copy(picai_root, root, n=2)
+    lines = error_lines(run_medssl("fit", "--config", DETECT, "--data.root", str(root), "--data.spacing",
+                                   "[0.01, 0.01, 0.01]", "--data.spatial_size", "null", "--data.crop_size", "null",
+                                   "--data.cache_dir", str(tmp_path / "c"), cwd=tmp_path))
+    assert "GiB" in lines[-1] and "data.spacing" in lines[-1]
+
+
+def test_ckpt_path_of_another_system_is_one_line(picai_root, tmp_path):
+    other = tmp_path / "seg.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "medssl.systems.finetune.SegmentationSystem"}},
+               other)
+    (line,) = error_lines(run_medssl("test", "--config", DETECT, "--data.root", str(picai_root), "--ckpt_path",
+                                     str(other), cwd=tmp_path))
+    assert "seg.ckpt" in line and "SegmentationSystem" in line and "DetectionSystem" in line

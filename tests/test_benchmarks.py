@@ -11,6 +11,8 @@ import torch
 
 from benchmarks import run  # the repository root is on sys.path under pytest
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
+
 
 def _positive(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0

@@ -118,3 +118,62 @@ def test_cache_per_node_reaches_lightning(small_brats, tmp_path, monkeypatch):
     assert MedsslCLI(args=args, run=False).datamodule.prepare_data_per_node is True
     cli = MedsslCLI(args=[*args, "--data.cache_per_node", "false"], run=False)
     assert cli.datamodule.prepare_data_per_node is False
+
+
+def _recipe_lines(path):
+    """``# recipe: key.path = value`` lines of a config's header: the values the recipe's reference fixes."""
+    import yaml
+
+    for line in (REPO / path).read_text().splitlines():
+        if line.startswith("# recipe:"):
+            key, value = line.removeprefix("# recipe:").split("=", 1)
+            yield key.strip(), yaml.safe_load(value)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "# recipe:" in (REPO / c).read_text()])
+def test_recipe_header_matches_its_values(config):
+    import yaml
+
+    data = yaml.safe_load((REPO / config).read_text())
+    lines = list(_recipe_lines(config))
+    assert lines
+    for key, expected in lines:
+        value = data
+        for part in key.split("."):
+            value = value[part]
+        assert value == expected, f"{config}: {key} is {value}, its header says {expected}"
+
+
+def test_picai_recipes_name_their_reference_and_rotate_in_3d():
+    for config in ("configs/finetune/cswin_picai.yaml", "configs/finetune/unet_picai.yaml",
+                   "configs/finetune/cswin_picai_tiny.yaml", "configs/finetune/unet_picai_tiny.yaml"):
+        cli = MedsslCLI(args=["--config", str(REPO / config), "--data.root", "/x"], run=False)
+        aug = cli.datamodule.augmentation
+        assert aug.rotate_all_axes and aug.rotate_deg == 30 and tuple(aug.scale_range) == (0.7, 1.4), config
+        assert cli.model.hparams.lr_schedule == "poly" and cli.datamodule.clip_percentiles == (0.5, 99.5)
+    text = (REPO / "configs/finetune/cswin_picai.yaml").read_text()
+    assert "# Follows: the PI-CAI baseline" in text and "# Departures:" in text
+    assert "# Follows:" in (REPO / "configs/finetune/bmmae_brats.yaml").read_text()
+
+
+def test_picai_recipe_decays_the_learning_rate_over_a_short_fit(small_picai, tmp_path):
+    """Read the scheduler's learning rate along a short fit: it falls from lr towards 0 (poly, power 0.95)."""
+    from lightning.pytorch.callbacks import Callback
+
+    seen = []
+
+    class Watch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    cli = MedsslCLI(args=["--config", str(REPO / "configs/finetune/cswin_picai_tiny.yaml"),
+                          "--data.root", str(small_picai), "--data.cache_dir", str(tmp_path / "cache"),
+                          "--data.n_folds", "2", "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "1",
+                          "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path),
+                          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"], run=False)
+    cli.trainer.callbacks.append(Watch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lr = cli.model.hparams.lr
+    assert seen[0] == pytest.approx(lr)
+    assert seen == sorted(seen, reverse=True) and seen[-1] < seen[0]
+    assert seen[1] == pytest.approx(lr * (1 - 1 / 3) ** 0.95)

@@ -14,6 +14,8 @@ from picai_eval import evaluate
 from medssl.data.layouts import discover
 from tests.conftest import REPO, run_medssl
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
+
 CONFIG = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
 
 
@@ -73,19 +75,73 @@ def test_resume_skips_finished_folds_and_continues_interrupted_one(cv_run, picai
     shutil.copytree(cv_run / "out", out)
     finished = out / "fold_0" / "checkpoints" / "last.ckpt"
     before = finished.stat().st_mtime_ns
-    steps_before = torch.load(out / "fold_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    interrupted = out / "fold_1" / "checkpoints" / "last.ckpt"
+    interrupted_before = interrupted.stat().st_mtime_ns
     # fold 1 "interrupted": its checkpoint exists but it never marked itself done
     (out / "fold_1" / "fold_result.json").unlink()
     shutil.rmtree(out / "fold_1" / "predictions")
-    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), "--trainer.max_epochs", "2", cwd=tmp_path)
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "fold 0: finished before, not run again" in result.stderr
+    assert "fold 0: finished before with these settings, not run again" in result.stderr
     assert "fold 1: resuming from" in result.stderr
     assert finished.stat().st_mtime_ns == before
-    resumed = torch.load(out / "fold_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == 2 * steps_before, result.stderr[-2000:]  # went on, did not restart
+    # its training was complete: resumed, nothing retrained (a restart would rewrite last.ckpt)
+    assert interrupted.stat().st_mtime_ns == interrupted_before
+    assert len(list((out / "fold_1" / "predictions").glob("*.nii.gz"))) > 0
     report = json.loads((out / "cv_report.json").read_text())
     assert [f["fold"] for f in report["folds"]] == [0, 1, 2]
+
+
+def test_finished_folds_of_other_settings_are_refused_or_redone(cv_run, picai_root, tmp_path):
+    """Folds made by another config are never reported as this run's: refused in one line, or redone."""
+    out = tmp_path / "out"
+    shutil.copytree(cv_run / "out", out)
+    report_before = (out / "cv_report.json").read_bytes()
+    other_net = ("--model.init_args.net.init_args.embed_dim", "24", "--folds", "0")
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), *other_net, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "made with other settings" in result.stderr.strip().splitlines()[-1]
+    assert (out / "cv_report.json").read_bytes() == report_before  # nothing rewritten
+    # asked for the pretrained run where only from-scratch folds are: refused too
+    pretrain = torch.load(out / "fold_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    init = tmp_path / "init.ckpt"
+    torch.save({"state_dict": pretrain["state_dict"]}, init)
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), "--model.init_args.init_from", str(init),
+                        "--folds", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "made with other settings" in result.stderr, result.stderr[-2000:]
+    # --overwrite redoes the fold with the new settings
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), *other_net, "--overwrite", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stamp = json.loads((out / "fold_0" / ".medssl_fold.json").read_text())
+    record = json.loads((out / "fold_0" / "fold_result.json").read_text())
+    assert record["identity"] == stamp
+    assert json.loads((out / "cv_report.json").read_text())["provenance"]["config_sha256"]
+
+
+def test_user_split_file_is_honoured_and_copied(cv_run, picai_root, tmp_path):
+    """--data.split_file S.json: each fold validates exactly the cases S names; S is copied, never replaced."""
+    cases = sorted(c.case_id for c in discover("picai", picai_root) if c.label)
+    patients = {}
+    for c in cases:
+        patients.setdefault(c.split("_")[0], []).append(c)
+    groups = sorted(patients.values())
+    folds = [sum(groups[k::3], []) for k in range(3)]
+    user = tmp_path / "mine.json"
+    user.write_text(json.dumps(folds))
+    text = user.read_text()
+    result = run_medssl(*cv_args(picai_root, tmp_path / "out", cv_run / "cache"), "--data.split_file", str(user),
+                        "--folds", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "cv_report.json").read_text())
+    assert report["folds"][0]["cases"] == sorted(folds[1])
+    assert user.read_text() == text  # the user's file is untouched
+    copied = json.loads((tmp_path / "out" / "splits.json").read_text())
+    assert copied["folds"] == folds
+    provenance = report["provenance"]
+    assert provenance["selection"] == "last" and provenance["split_source"]["kind"] == "user_file"
+    assert {"label_source", "init_from", "versions"} <= set(provenance)
+    record = json.loads((tmp_path / "out" / "fold_1" / "fold_result.json").read_text())
+    assert record["checkpoint"].endswith("last.ckpt") and record["selection"] == "last"
 
 
 def test_workers_run_folds_side_by_side_with_the_same_splits(cv_run, picai_root, tmp_path):
@@ -139,3 +195,49 @@ def test_terminated_cv_stops_its_workers(picai_root, tmp_path):
         proc.kill()
         for pid in workers():
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_cv_refuses_a_planted_checkpoint_in_an_interrupted_fold(cv_run, picai_root, tmp_path):
+    """cv resumes an interrupted fold from its last.ckpt: a code-carrying one is refused, its code never runs."""
+    from tests.test_reliability import plant_evil_checkpoint
+
+    out = tmp_path / "out"
+    shutil.copytree(cv_run / "out", out)
+    (out / "fold_1" / "fold_result.json").unlink()
+    marker = tmp_path / "pwned"
+    plant_evil_checkpoint(out / "fold_1" / "checkpoints" / "last.ckpt", marker)
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), "--folds", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "refused" in result.stderr.strip().splitlines()[-1] and not marker.exists()
+
+
+def test_label_fractions_are_nested_patient_grouped_and_validate_the_same_cases(cv_run, picai_root, tmp_path):
+    """--train-fractions 0.5,1.0 --twin: nested subsets of the training patients, the same validation cases,
+    and a paired difference with CI and p-value per fraction."""
+    init = cv_run / "out" / "fold_0" / "checkpoints" / "last.ckpt"  # a CSwin UNet: its encoder transfers
+    out = tmp_path / "out"
+    result = run_medssl(*cv_args(picai_root, out, cv_run / "cache"), "--folds", "0", "--train-fractions", "0.5,1.0",
+                        "--twin", "--model.init_args.init_from", str(init), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "cv_report.json").read_text())
+    assert [row["fraction"] for row in report["fractions"]] == [0.5, 1.0]
+    cases = {c.case_id: c for c in discover("picai", picai_root)}
+    used, validated = {}, {}
+    for fraction in (0.5, 1.0):
+        for run in ("pretrained", "scratch"):
+            base = out / f"fraction_{fraction:g}" / ("scratch" if run == "scratch" else "")
+            record = json.loads((base / "fold_0" / "fold_result.json").read_text())
+            used[fraction, run] = set(record["train_case_ids"])
+            validated[fraction, run] = set(record["cases"])
+    assert len({frozenset(v) for v in validated.values()}) == 1  # the same validation cases everywhere
+    assert used[0.5, "pretrained"] == used[0.5, "scratch"] and used[1.0, "pretrained"] == used[1.0, "scratch"]
+    half, full = used[0.5, "pretrained"], used[1.0, "pretrained"]
+    assert half < full and 0.3 <= len(half) / len(full) <= 0.7
+    patients_used = {cases[c].patient_id for c in half}
+    assert not {c for c in full - half if cases[c].patient_id in patients_used}  # no patient split
+    for row in report["fractions"]:
+        score = row["difference"]["score"]
+        assert score["pooled_ci"] is not None and score["p_value"] is not None
+        assert score["cases"] == len(validated[row["fraction"], "pretrained"])
+    assert (out / "label_efficiency.png").is_file()
+    assert "## Label efficiency" in (out / "cv_report.md").read_text()

@@ -14,6 +14,8 @@ from medssl.data.synth import synth_brats, synth_picai
 from medssl.lightning_cli import MedsslCLI
 from tests.conftest import REPO, run_medssl
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
+
 
 def _fit(config: str, root, run_dir, *extra) -> None:
     MedsslCLI(args=["fit", "--config", str(REPO / config), "--data.root", str(root),
@@ -50,7 +52,7 @@ def test_detection_maps_for_every_new_case_in_its_t2w_geometry(detection_run, tm
         values = sitk.GetArrayFromImage(det)
         assert 0.0 <= values.min() and values.max() <= 1.0
         assert entry["case_score"] == pytest.approx(float(values.max()))
-    assert record["roi_size"] == [8, 32, 32]  # the training windows (data.patch_size), not the whole volume
+    assert record["roi_size"] == [8, 32, 32]  # the training windows (data.crop_size), not the whole volume
     # a rerun finds every map written and predicts nothing again
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
     again = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(new), "--output", str(out),
@@ -108,5 +110,76 @@ def test_output_written_by_another_checkpoint_is_refused(detection_run, picai_ro
     (out / ".medssl_infer.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64, "settings": {}}))
     result = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(picai_root),
                         "--output", str(out), cwd=tmp_path)
-    assert result.returncode == 2 and "another checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "made with other settings" in result.stderr.strip().splitlines()[-1]
     assert not list(out.glob("*.nii.gz"))
+
+
+def test_an_ensemble_of_one_model_twice_is_that_model(detection_run, tmp_path):
+    new = tmp_path / "new"
+    synth_picai(new, cases=3, seed=13, first_patient=70000)
+    one = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(new),
+                     "--output", str(tmp_path / "one"), cwd=tmp_path)
+    two = run_medssl("infer", "--checkpoint", str(detection_run), str(detection_run), "--data.root", str(new),
+                     "--output", str(tmp_path / "two"), cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "predictions.json").read_text())
+    assert len(record["models"]) == 2
+    for path in (tmp_path / "one").glob("*.nii.gz"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two" / path.name)))
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_rerun_verifies_what_it_skips(detection_run, tmp_path):
+    """A cut map, or an input image changed after its map was written, is predicted again; the rest is kept."""
+    new = tmp_path / "new"
+    synth_picai(new, cases=3, seed=14, first_patient=80000)
+    out = tmp_path / "out"
+    args = ("infer", "--checkpoint", str(detection_run), "--data.root", str(new), "--output", str(out))
+    assert run_medssl(*args, cwd=tmp_path).returncode == 0
+    maps = sorted(out.glob("*.nii.gz"))
+    before = {p.name: p.stat().st_mtime_ns for p in maps}
+    data = maps[0].read_bytes()
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(maps[0])))
+    maps[0].write_bytes(data[: len(data) // 2])  # a truncated map from an earlier crash or a full disk
+    case = discover("picai", new)[[c.case_id for c in discover("picai", new)].index(maps[1].name[:-7])]
+    adc = sitk.ReadImage(case.images["adc"])
+    sitk.WriteImage(adc * 2, case.images["adc"])  # its input changed after the map was written
+    again = run_medssl(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    assert after[maps[0].name] != before[maps[0].name] and after[maps[1].name] != before[maps[1].name]
+    assert after[maps[2].name] == before[maps[2].name]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(maps[0]))), original, atol=1e-6)
+    assert "changed since the map was written" in again.stderr
+
+
+def test_null_setting_does_not_skip_the_checkpoint_check(detection_run, picai_root, tmp_path):
+    result = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(picai_root),
+                        "--data.spacing", "null", "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data.spacing is None but" in result.stderr.strip().splitlines()[-1]
+
+
+def test_predict_subcommand_writes_what_infer_writes(detection_run, picai_root, tmp_path):
+    run = detection_run.parent.parent
+    config = sorted(run.glob("lightning_logs/version_*/config.yaml"))[0]
+    result = run_medssl("predict", "--config", str(config), "--ckpt_path", str(detection_run),
+                        "--data.cache_dir", "null", "--trainer.default_root_dir", str(tmp_path / "pred"),
+                        "--trainer.logger", "false", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    record = json.loads((tmp_path / "pred" / "predictions" / "predictions.json").read_text())
+    cases = {c.case_id: c for c in discover("picai", picai_root)}
+    assert sorted(record["cases"]) == sorted(cases)
+    for case_id, entry in record["cases"].items():
+        assert _same_geometry(sitk.ReadImage(entry["path"]), sitk.ReadImage(cases[case_id].images["t2w"]))
+
+
+def test_test_subcommand_prints_the_validation_metrics(detection_run, picai_root, tmp_path):
+    run = detection_run.parent.parent
+    config = sorted(run.glob("lightning_logs/version_*/config.yaml"))[0]
+    result = run_medssl("test", "--config", str(config), "--ckpt_path", str(detection_run),
+                        "--trainer.default_root_dir", str(tmp_path / "test"), "--trainer.logger", "false",
+                        cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "test/auroc" in result.stdout and "test/ap" in result.stdout and "test/score" in result.stdout

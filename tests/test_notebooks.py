@@ -24,8 +24,10 @@ from medssl.data.layouts import discover
 from medssl.data.synth import synth_brats, synth_picai
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
+
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ("01_data", "02_pretraining", "03_cv_results")
+NAMES = ("01_data", "02_pretraining", "03_cv_results", "04_label_efficiency")
 
 
 def _read(name: str) -> dict:
@@ -61,7 +63,7 @@ def _wait(process: subprocess.Popen) -> None:
 
 def _cv_report(picai: Path, out: Path) -> Path:
     """A two-fold ``pretrained`` + ``scratch`` report: lesion-shaped detection maps, a false positive per case."""
-    from medssl.evaluation.detection import write_image_like
+    from medssl.data.geometry import write_like
     from medssl.evaluation.picai import evaluate_maps
     from medssl.evaluation.report import write_cv_report
 
@@ -80,7 +82,7 @@ def _cv_report(picai: Path, out: Path) -> Path:
                 det[1:3, 2:6, 2:6] = rng.uniform(0.05, 0.6)  # a false positive in the corner
                 path = out / name / f"fold_{k}" / "predictions" / f"{case.case_id}.nii.gz"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_image_like(det, case.images["t2w"], path)
+                write_like(det, case.images["t2w"], path)
                 predictions[case.case_id] = str(path)
             labels = {case.case_id: case.label for case in cases}
             runs[name].append({"fold": k, "cases": sorted(predictions), "predictions": predictions,
@@ -180,3 +182,21 @@ def test_cv_results_notebook(inputs, tmp_path):
     assert "pretrained - scratch" in text
     assert all(case in text for fold in report["folds"] for case in fold["cases"])
     assert f"{report['runs']['scratch']['pooled']['auroc']:.3f}" in text
+
+
+def test_label_efficiency_notebook(tmp_path):
+    """Drawn from a study's report: the fractions as medssl cv --train-fractions --twin writes them."""
+    def run(score, lo, hi, n):
+        return {"pooled": {"score": score, "ci": {"score": [lo, hi]}}, "mean_train_cases": n}
+
+    rows = [{"fraction": f, "runs": {"pretrained": run(a, a - 0.1, a + 0.1, n), "scratch": run(b, b - 0.1, b + 0.1, n)},
+             "difference": {"score": {"pooled_difference": a - b, "pooled_ci": [a - b - w, a - b + w],
+                                      "p_value": p, "cases": 40}}}
+            for f, a, b, n, w, p in ((0.25, 0.7, 0.5, 8, 0.1, 0.01), (0.5, 0.75, 0.7, 16, 0.1, 0.3),
+                                     (1.0, 0.8, 0.8, 32, 0.05, 0.9))]
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "cv_report.json").write_text(json.dumps({"fractions": rows, "provenance": {}}))
+    nb = _execute("04_label_efficiency", {"STUDY_DIR": str(tmp_path / "study")}, tmp_path)
+    figures, text = _outputs(nb)
+    assert figures == 2  # the curve, the paired differences
+    assert "pretraining helped" in text and "no detectable difference" in text

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_medssl
+
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
 
 def test_quickstart_smallest_writes_both_twins_without_leakage(tmp_path):

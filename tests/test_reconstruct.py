@@ -1,4 +1,5 @@
-"""``medssl reconstruct``: every missing sequence, in its case's own geometry, from a safe checkpoint only."""
+"""``medssl reconstruct``: every missing sequence, in its case's own geometry, from a safe checkpoint only;
+with the official weights, the voxels the official pipeline's prediction puts there."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ import torch
 from scipy import ndimage
 
 from medssl import cli
+from medssl.commands.reconstruct import main as reconstruct_main
 from medssl.data.datamodule import MRIDataModule
 from medssl.data.synth import synth_brats
 from medssl.data.transforms import deterministic_transforms
 from medssl.errors import CheckpointError, ConfigError
-from medssl.models.bmmae import BMMAE
-from medssl.reconstruct import build_model, infer_sizes, reconstruct_case, to_case_intensities
+from medssl.models.bmmae import BMMAE, infer_sizes
+from medssl.reconstruct import reconstruct_case, to_case_intensities
 from tests.conftest import REPO, run_medssl
+from tests.models.test_bmmae_official import (
+    CASE_SHAPES,
+    OFFICIAL_TINY,
+    official_inputs,
+    official_state_dict,
+    tiny_reference,  # noqa: F401 (fixture)
+    write_brats_case,
+)
 
 MODS = ("t1", "t1ce", "t2", "flair")
 TINY_CONFIG = REPO / "configs/pretrain/bmmae_tiny.yaml"
@@ -178,7 +188,7 @@ def _lightning_like(model: BMMAE) -> dict:
                        "spatial_size": [32, 32, 32]}}
 
 
-def test_build_model_sizes_from_shapes_and_heads_from_config(tmp_path):
+def test_from_checkpoint_sizes_from_shapes_and_heads_from_config(tmp_path):
     model = BMMAE(**TINY)
     sizes = infer_sizes(model.state_dict())
     assert sizes == {"modalities": list(MODS), "patch_size": 16, "embed_dim": 48, "depth": 3, "mlp_ratio": 2.0,
@@ -186,34 +196,38 @@ def test_build_model_sizes_from_shapes_and_heads_from_config(tmp_path):
     path = tmp_path / "lone.ckpt"
     torch.save(_lightning_like(model), path)
     with pytest.raises(ConfigError, match="num_heads and decoder_num_heads .*--config"):
-        build_model(path)
+        BMMAE.from_checkpoint(path)
     with pytest.raises(ConfigError, match="embed_dim is 768 but .* has 48"):
-        build_model(path, str(REPO / "configs/pretrain/bmmae_brats.yaml"))
-    rebuilt, settings = build_model(path, str(TINY_CONFIG))
+        BMMAE.from_checkpoint(path, str(REPO / "configs/pretrain/bmmae_brats.yaml"))
+    rebuilt, settings = BMMAE.from_checkpoint(path, str(TINY_CONFIG))
     assert settings["spacing"] == [2.0, 2.0, 2.0] and rebuilt.img_size == (32, 32, 32)
+    assert rebuilt.axis_order == "zyx" and settings["voxel_aligned"] is False
     assert rebuilt.blocks[0].attn.num_heads == 4 and rebuilt.decoder.decoder_blocks[0].attn.num_heads == 4
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
 
 
 def test_plain_state_dict_of_reference_sizes_loads_like_the_official_file(tmp_path, monkeypatch):
-    import medssl.reconstruct as recon
+    import medssl.models.bmmae as bmmae
 
     # the official bmmae.pth at tiny size: no metadata, no config, cubic token grid
-    monkeypatch.setattr(recon, "_REFERENCE_SIZES", {k: TINY[k] for k in recon._REFERENCE_SIZES})
-    monkeypatch.setattr(recon, "_REFERENCE_HEADS", {"num_heads": 4, "decoder_num_heads": 4})
+    monkeypatch.setattr(bmmae, "_REFERENCE_SIZES", {k: TINY[k] for k in bmmae._REFERENCE_SIZES})
+    monkeypatch.setattr(bmmae, "_REFERENCE_HEADS", {"num_heads": 4, "decoder_num_heads": 4})
     model = BMMAE(**TINY)
     torch.save(model.state_dict(), tmp_path / "bmmae.pth")
-    rebuilt, settings = build_model(tmp_path / "bmmae.pth")
+    rebuilt, settings = BMMAE.from_checkpoint(tmp_path / "bmmae.pth")
     assert rebuilt.img_size == (32, 32, 32) and settings["spacing"] == [1.0, 1.0, 1.0]
+    assert rebuilt.axis_order == "xyz" and settings["voxel_aligned"] is True
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-def test_weights_without_decoder_refused(tmp_path):
+def test_weights_without_decoder_refused(brats, tmp_path):
     encoder = BMMAE(**TINY, with_decoder=False)
     torch.save({"state_dict": {f"net.encoder.{k}": v for k, v in encoder.state_dict().items()}}, tmp_path / "seg.ckpt")
     with pytest.raises(CheckpointError, match="no BM-MAE decoder"):
-        build_model(tmp_path / "seg.ckpt", str(TINY_CONFIG))
+        reconstruct_main(["--checkpoint", str(tmp_path / "seg.ckpt"), "--config", str(TINY_CONFIG),
+                          "--data.root", str(brats), "--output", str(tmp_path / "recon")])
+    assert not (tmp_path / "recon").exists()
 
 
 def test_to_case_intensities_maps_onto_the_reference_distribution():
@@ -223,3 +237,46 @@ def test_to_case_intensities_maps_onto_the_reference_distribution():
     out = to_case_intensities(z, reference, brain)
     np.testing.assert_allclose(out, [0.0, 200.0, 200.0 + np.std([100.0, 200.0, 300.0]), 0.0], rtol=1e-6)
     assert out.dtype == np.float32
+
+
+def test_official_weights_write_the_official_prediction_in_the_case_geometry(tmp_path, tiny_reference):  # noqa: F811
+    """Non-cubic 1 mm BraTS cases (x, y axes negative) and an official-format file: each missing sequence lands in
+    the case's own grid, and inside the 32^3 crop it is the official model's prediction on the official pipeline's
+    [x, y, z] arrays, mapped onto the t1 intensities."""
+    root = tmp_path / "data"
+    cases = {"BraTS2021_00021": ("t1", "t1ce", "t2"), "BraTS2021_00022": ("t1", "t2")}
+    for (case_id, modalities), shape in zip(cases.items(), CASE_SHAPES, strict=True):
+        write_brats_case(root, case_id, shape, modalities, seed=int(case_id[-2:]))
+    sd = official_state_dict(seed=2)
+    torch.save(sd, tmp_path / "bmmae.pth")
+    out = tmp_path / "recon"
+    assert reconstruct_main(["--checkpoint", str(tmp_path / "bmmae.pth"), "--data.root", str(root),
+                             "--output", str(out), "--device", "cpu"]) == 0
+    assert {p.name for p in out.iterdir()} == {"BraTS2021_00021_flair.nii.gz", "BraTS2021_00022_t1ce.nii.gz",
+                                               "BraTS2021_00022_flair.nii.gz"}
+    # the official model, reading [x, y, z] arrays natively: a zyx-order BMMAE given them as they are
+    official = BMMAE(**OFFICIAL_TINY, img_size=32).eval()
+    official.load_state_dict(sd)
+    for case_id, modalities in cases.items():
+        t1 = nib.load(root / case_id / f"{case_id}_t1.nii.gz")
+        inputs = official_inputs(root / case_id, modalities, (32, 32, 32))  # [1, 1, x, y, z]
+        raw_t1 = official_inputs(root / case_id, ["t1"], (32, 32, 32), normalize=False)["t1"][0, 0].numpy()
+        missing = [m for m in MODS if m not in modalities]
+        with torch.no_grad():
+            predicted = official.reconstruct(inputs, missing)
+        start = [(n - 32) // 2 for n in t1.shape]  # CenterSpatialCrop's
+        crop = tuple(slice(s, s + 32) for s in start)
+        brain = np.zeros(t1.shape, bool)
+        for m in modalities:
+            brain |= np.asarray(nib.load(root / case_id / f"{case_id}_{m}.nii.gz").dataobj) != 0
+        for m in missing:
+            written = nib.load(out / f"{case_id}_{m}.nii.gz")
+            assert written.shape == t1.shape and not np.array_equal(written.shape, (32, 32, 32))
+            np.testing.assert_allclose(written.affine, t1.affine, atol=1e-4)
+            values = np.asarray(written.dataobj)  # [x, y, z], as nibabel reads it
+            assert not values[~brain].any()
+            outside = np.ones(t1.shape, bool)
+            outside[crop] = False
+            assert not values[outside].any()  # outside the model's field of view
+            expected = to_case_intensities(predicted[m][0, 0].numpy(), raw_t1, brain[crop])
+            np.testing.assert_allclose(values[crop], expected, atol=1e-3 * float(np.abs(expected).max()))

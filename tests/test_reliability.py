@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import REPO, run_medssl
+
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
 PRETRAIN = str(REPO / "configs/pretrain/cswin_tiny.yaml")
 DETECT = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
@@ -61,7 +64,7 @@ def test_cv_killed_in_fold_1_resumes_without_retraining_fold_0(picai_root, tmp_p
     fold0 = (out / "fold_0" / "fold_result.json").stat().st_mtime_ns
     result = run_medssl(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "fold 0: finished before, not run again" in result.stderr
+    assert "fold 0: finished before with these settings, not run again" in result.stderr
     assert (out / "fold_0" / "fold_result.json").stat().st_mtime_ns == fold0
     report = json.loads((out / "cv_report.json").read_text())
     assert [f["fold"] for f in report["folds"]] == [0, 1]
@@ -116,3 +119,76 @@ def test_ddp_two_cpu_processes_see_different_cases(brats_root, tmp_path):
     assert len(seen[0] | seen[1]) == n_cases
     assert len(list(cache.rglob("*.pt"))) == n_cases
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+class _Evil:
+    """Pickles to a call of ``exec``: loading it unsafely writes the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def plant_evil_checkpoint(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "hyper_parameters": _Evil(marker)}, path)
+
+
+def test_planted_last_ckpt_is_refused_even_when_torch_is_told_to_unpickle(picai_root, tmp_path):
+    """`--ckpt_path last` hands the file to Lightning; medssl's safe loader opens it first, whatever the env says."""
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    plant_evil_checkpoint(run / "checkpoints" / "last.ckpt", marker)
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "medssl", "fit", "--config", PRETRAIN, "--data.root",
+                             str(picai_root), "--data.cache_dir", str(tmp_path / "c"), "--trainer.default_root_dir",
+                             str(run), "--trainer.max_epochs", "1", "--ckpt_path", "last",
+                             "--trainer.enable_progress_bar", "false"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "last.ckpt" in last and "refused" in last and "exec" in last.split("run", 1)[1]
+    assert not marker.exists()
+
+
+def test_published_checkpoint_with_numpy_and_namespace_values_loads(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    from medssl.checkpoint import load_checkpoint
+
+    path = tmp_path / "published.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1), "best": np.float64(0.7),
+                "dims": np.arange(3)}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["args"].lr == 0.1 and float(loaded["best"]) == 0.7 and loaded["dims"].tolist() == [0, 1, 2]
+
+
+def test_killed_cv_parent_takes_its_workers_with_it(picai_root, tmp_path):
+    """SIGKILL runs no cleanup in the parent; the workers still end (the kernel's parent-death signal)."""
+    out = tmp_path / "out"
+    args = ["cv", "--config", DETECT, "--data.root", str(picai_root), "--data.cache_dir", str(tmp_path / "c"),
+            "--data.n_folds", "3", "--workers", "2", "--trainer.max_epochs", "50", "--output", str(out),
+            "--trainer.enable_progress_bar", "false"]
+    proc = start(args, tmp_path)
+
+    def workers() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", "--", f"--worker-dir {out}"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    try:
+        deadline = time.time() + 300
+        while len(workers()) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the workers never started"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60
+        while workers() and time.time() < deadline:
+            time.sleep(0.5)
+        assert workers() == []
+    finally:
+        for pid in workers():
+            os.kill(int(pid), signal.SIGKILL)

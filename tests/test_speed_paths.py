@@ -46,7 +46,7 @@ def test_compiled_channels_last_fit_saves_plain_checkpoint(picai, tmp_path, monk
     plain.model.load_state_dict(fast["state_dict"])
     # the same weights compute the same function through the fast path (layout and compilation
     # change the arithmetic order, not the result)
-    x = torch.randn(1, 3, *cli.datamodule.patch_size)
+    x = torch.randn(1, 3, *cli.datamodule.crop_size)
     plain.model.eval()
     cli.model.eval()
     with torch.no_grad():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,16 +20,18 @@ import SimpleITK as sitk
 import torch
 from lightning.pytorch import LightningDataModule
 from monai.data import DataLoader as MonaiDataLoader
-from monai.data import Dataset, PersistentDataset
+from monai.data import Dataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from medssl.data.cache import SafePersistentDataset
 from medssl.data.layouts import MODALITIES, Case, discover
 from medssl.data.preprocess import Preprocessing, preprocessing_for, read_image
-from medssl.data.splits import load_or_make_folds
+from medssl.data.splits import default_split_file, load_or_make_folds, training_subset
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
-from medssl.errors import ConfigError, DataError, find_user_error, one_line
+from medssl.errors import ConfigError, DataError, MedsslError, find_user_error, one_line
+from medssl.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,52 +53,76 @@ class MRIDataModule(LightningDataModule):
         root: PI-CAI: the folder holding ``images/`` (or ``images/`` itself); BraTS: the folder
             of case folders; datalist: the JSON/CSV file.
         labels_root: PI-CAI's ``picai_labels`` folder; looked for beside ``images/`` when unset.
-        label_source: PI-CAI labels: ``human_expert``, ``AI`` or ``human_expert+AI``.
+        label_source: PI-CAI labels: ``human_expert+AI`` (default, as the PI-CAI baseline: the expert
+            delineation where one exists, else the AI-derived one), ``human_expert`` or ``AI``.
+        brats_labels: BraTS label convention, ``2021`` (enhancing tumour 4) or ``2023`` (3); by default
+            read from the file naming.
         modalities: channel order; the layout's modalities by default.
         task: ``detection`` (binary lesion mask) or ``segmentation`` (BraTS TC, WT, ET).
         spacing: target spacing in mm along ``[D, H, W]``; ``null`` keeps the reference's.
         spatial_size: target size ``[D, H, W]`` (crop/pad around the centre); ``null`` keeps the extent.
-        patch_size: random training crop ``[D, H, W]`` inside ``spatial_size``; ``null`` = whole volume.
+        crop_size: random training crop ``[D, H, W]`` inside ``spatial_size``; ``null`` = whole volume.
+        patch_size: deprecated name of ``crop_size`` (kept for one release, with a warning).
         batch_size: training batch size (validation uses 1 when ``spatial_size`` is unset).
         num_workers: DataLoader workers.
         cache_dir: where preprocessed cases are cached; ``null`` disables the cache.
         augmentation: training augmentation; ``null`` disables it.
         fold: validation fold of finetuning.
         n_folds: number of folds.
-        split_file: JSON split file; made (and then reused) under ``cache_dir`` when unset.
-        split_seed: seed of the folds.
+        split_file: the folds: a JSON split file (ours, a list of case-id lists, picai_baseline's or nnU-Net's
+            ``splits_final.json``), a folder of picai_baseline ``ds-config-valid-fold-<k>.json`` files (or a
+            list of them), or ``picai_public`` / ``picai_public_nnunet`` (picai_baseline's public five folds;
+            ``_nnunet``: only the expert-labelled cases). Unset: made with ``split_seed`` and reused as
+            ``cache_dir/splits_<data>_seed<k>.json``.
+        split_seed: seed of the folds made when ``split_file`` is unset.
+        split_missing: cases the split names that the data lacks: ``error`` (refused, naming them) or
+            ``drop`` them from the folds (logged).
         on_bad_case: a case that cannot be read (corrupt file, NaN voxels, bad label): ``stop`` with
             one line naming it, or ``skip`` it with a warning (counted in ``skipped_cases``).
         cache_per_node: with several nodes, fill the cache once per node (true: local disks) or once
             in all (false: ``cache_dir`` on a file system every node shares).
+        clip_percentiles: clip each modality to ``[lower, upper]`` percentiles before the z-score
+            (the PI-CAI baseline's ``[0.5, 99.5]``); ``null`` = no clipping.
+        voxel_aligned: start the centre crop on a whole voxel, as MONAI's ``CenterSpatialCrop`` (the
+            official BM-MAE pipeline); ``false`` centres it exactly (medssl's own runs).
+        train_fraction: finetuning only: train on this fraction of the fold's training patients (stratified
+            by lesion presence, nested across fractions: ``medssl cv --train-fractions``); validation is unchanged.
     """
 
     def __init__(
         self,
-        layout: Literal["picai", "brats", "datalist"] = "picai",
+        layout: Literal["picai", "brats", "prostate158", "nnunet", "datalist"] = "picai",
         root: str = "",
         labels_root: str | None = None,
-        label_source: Literal["human_expert", "AI", "human_expert+AI"] = "human_expert",
+        label_source: Literal["human_expert", "AI", "human_expert+AI"] = "human_expert+AI",
         modalities: list[str] | None = None,
         task: Literal["detection", "segmentation"] = "detection",
         spacing: list[float] | None = None,
         spatial_size: list[int] | None = None,
-        patch_size: list[int] | None = None,
+        crop_size: list[int] | None = None,
         batch_size: int = 2,
         num_workers: int = 0,
         cache_dir: str | None = ".medssl_cache",
         augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (read-only default)
         fold: int = 0,
         n_folds: int = 5,
-        split_file: str | None = None,
+        split_file: str | list[str] | None = None,
         split_seed: int = 0,
+        split_missing: Literal["error", "drop"] = "error",
         on_bad_case: Literal["stop", "skip"] = "stop",
         cache_per_node: bool = True,
+        brats_labels: Literal["2021", "2023"] | None = None,
+        clip_percentiles: list[float] | None = None,
+        voxel_aligned: bool = False,
+        train_fraction: float = 1.0,
+        patch_size: list[int] | None = None,
     ):
         super().__init__()
         self.prepare_data_per_node = cache_per_node  # Lightning's switch for where prepare_data runs
         if not root:
             raise ConfigError("data.root is not set: give the dataset folder (or the datalist file)")
+        if n_folds < 2:
+            raise ConfigError(f"data.n_folds must be 2 or more, got {n_folds}")
         if not 0 <= fold < n_folds:
             raise ConfigError(f"data.fold {fold} is outside 0..{n_folds - 1}")
         if batch_size < 1:
@@ -108,32 +134,52 @@ class MRIDataModule(LightningDataModule):
         self.task = task
         self.spacing = _triple(spacing, "data.spacing")
         self.spatial_size = _triple(spatial_size, "data.spatial_size", int)
-        self.patch_size = _triple(patch_size, "data.patch_size", int)
-        if self.patch_size and self.spatial_size and any(p > s for p, s in zip(self.patch_size, self.spatial_size)):
-            raise ConfigError(f"data.patch_size {list(self.patch_size)} exceeds data.spatial_size "
+        if patch_size is not None:
+            if crop_size is not None:
+                raise ConfigError("give data.crop_size only (data.patch_size is its deprecated name)")
+            warnings.warn("data.patch_size is deprecated: it is now data.crop_size (the training crop; "
+                          "patch_size is the ViT token edge in BM-MAE)", FutureWarning, stacklevel=2)
+            crop_size = patch_size
+        self.crop_size = _triple(crop_size, "data.crop_size", int)
+        if self.crop_size and self.spatial_size and any(p > s for p, s in zip(self.crop_size, self.spatial_size)):
+            raise ConfigError(f"data.crop_size {list(self.crop_size)} exceeds data.spatial_size "
                               f"{list(self.spatial_size)}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir = cache_dir
         self.augmentation = augmentation
         self.fold, self.n_folds, self.split_file, self.split_seed = fold, n_folds, split_file, split_seed
+        self.split_missing = split_missing
         self.on_bad_case = on_bad_case
+        self.brats_labels = brats_labels
+        if clip_percentiles is not None and (len(clip_percentiles) != 2
+                                             or not 0 <= clip_percentiles[0] < clip_percentiles[1] <= 100):
+            raise ConfigError(f"data.clip_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, "
+                              f"got {clip_percentiles}")
+        self.clip_percentiles = tuple(clip_percentiles) if clip_percentiles else None
+        self.voxel_aligned = voxel_aligned
+        if not 0 < train_fraction <= 1:
+            raise ConfigError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = float(train_fraction)
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.skipped_cases: dict[str, str] = {}
         self.cases: list[Case] = []
         self.train_cases: list[Case] = []
         self.val_cases: list[Case] = []
         self.folds: list[list[str]] = []
+        self.predict_cases: list[Case] = []
 
     # -- helpers ---------------------------------------------------------------------------------
     def discover(self) -> list[Case]:
         cases = discover(self.layout, self.root, self.labels_root, self.label_source,
-                         self.modalities if self.modalities else None)
+                         self.modalities if self.modalities else None, brats_labels=self.brats_labels)
         if not self.modalities:
             self.modalities = list(cases[0].images)
         return cases
 
     def preprocessing(self, with_labels: bool) -> Preprocessing:
         return preprocessing_for(self.layout, self.modalities, with_labels, self.task, self.spacing,
-                                 self.spatial_size)
+                                 self.spatial_size, self.clip_percentiles, self.voxel_aligned)
 
     def dataset_key(self) -> str:
         """Identifies the data source (not the preprocessing) for default split and cache files."""
@@ -147,14 +193,14 @@ class MRIDataModule(LightningDataModule):
         # Compose would count as random, so nothing would be cached.
         transform = Compose([
             *deterministic_transforms(prep).transforms,
-            *random_transforms(self.augmentation if train else None, self.patch_size if train else None,
+            *random_transforms(self.augmentation if train else None, self.crop_size if train else None,
                                with_labels).transforms,
         ])
         items = [c.to_item() for c in cases]
         if self.cache_dir is None:
             return Dataset(items, transform)
         cache = Path(self.cache_dir) / prep.key()
-        return PersistentDataset(items, transform, cache_dir=cache)
+        return SafePersistentDataset(items, transform, cache_dir=cache)
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
         # MONAI's DataLoader seeds the random transforms from torch's seed (per worker), so the same
@@ -202,7 +248,8 @@ class MRIDataModule(LightningDataModule):
     def label_positive(self, cases: list[Case]) -> dict[str, bool]:
         """Whether each labelled case has a lesion voxel; remembered under ``cache_dir``."""
         store = Path(self.cache_dir) / f"positives_{self.dataset_key()}.json" if self.cache_dir else None
-        known = json.loads(store.read_text()) if store and store.is_file() else {}
+        known = _read_store(store)
+        before = dict(known)
         out = {}
         for case in cases:
             key = f"{case.label}|{case.to_item()['fingerprint']}"
@@ -210,12 +257,24 @@ class MRIDataModule(LightningDataModule):
                 array = sitk.GetArrayFromImage(read_image(case.label, case.case_id))
                 known[key] = bool((array >= 1).any())
             out[case.case_id] = known[key]
-        if store:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(f".{store.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(known))
-            os.replace(tmp, store)
+        if store and known != before:  # nothing rewrites a store that did not change
+            try:
+                write_json(store, known)
+            except MedsslError as e:  # a read-only or full cache disk: the answer is known, only not kept
+                logger.warning("cannot keep the lesion-presence store: %s", one_line(e))
         return out
+
+
+def _read_store(store: Path | None) -> dict:
+    """The lesion-presence store; a truncated or foreign one is recomputed, not a traceback on every run."""
+    if store is None or not store.is_file():
+        return {}
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable (truncated?); recomputing it", store)
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 class _Screen(TorchDataset):
@@ -277,6 +336,10 @@ class FinetuneDataModule(MRIDataModule):
         return [c for c in cases if c.label is not None]
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # every case under data.root, labelled or not (medssl predict)
+            if not self.predict_cases:
+                self.predict_cases = self.discover()
+            return
         if self.cases:
             return
         self.cases = self.discover()
@@ -285,14 +348,22 @@ class FinetuneDataModule(MRIDataModule):
             raise ConfigError(f"no labelled case under {self.root}: set data.labels_root (or data.label_source)")
         labelled = self.drop_bad_cases(labelled)
         positive = self.label_positive(labelled)
-        split_file = self.split_file or str(Path(self.cache_dir or ".") / f"splits_{self.dataset_key()}.json")
+        split_file = self.split_file or default_split_file(self.cache_dir, self.dataset_key(), self.split_seed)
         self.folds = load_or_make_folds(
             split_file, [c.case_id for c in labelled], [c.patient_id for c in labelled],
-            [positive[c.case_id] for c in labelled], self.n_folds, self.split_seed)
+            [positive[c.case_id] for c in labelled], self.n_folds, self.split_seed,
+            missing=self.split_missing, default_file=not self.split_file)
         val_ids = set(self.folds[self.fold])
         self.val_cases = [c for c in labelled if c.case_id in val_ids]
         self.train_cases = [c for c in labelled if c.case_id not in val_ids]
         self.positive = positive
+        if self.train_fraction < 1:  # a label-efficiency study: fewer labelled training cases, same validation
+            keep = set(training_subset([c.case_id for c in self.train_cases], [c.patient_id for c in self.train_cases],
+                                       [positive[c.case_id] for c in self.train_cases], self.train_fraction,
+                                       self.split_seed + self.fold))
+            logger.info("data.train_fraction %s: %d of %d training cases of fold %d", self.train_fraction, len(keep),
+                        len(self.train_cases), self.fold)
+            self.train_cases = [c for c in self.train_cases if c.case_id in keep]
 
     def negative_fraction(self) -> float:
         """Fraction of training cases without a lesion (the PI-CAI baseline's focal-loss alpha)."""
@@ -305,5 +376,8 @@ class FinetuneDataModule(MRIDataModule):
         return self._loader(self.make_dataset(self.val_cases, True, False), False,
                             self.batch_size if self.spatial_size else 1)
 
-    def predict_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.make_dataset(self.predict_cases, False, False), False, 1)

@@ -16,16 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from medssl.data.layouts import LABEL_MAX, REFERENCE_ORDER
-from medssl.errors import DataError
+from medssl.data.geometry import Grid, resample
+from medssl.data.integrity import MIN_OVERLAP, check_overlap
+from medssl.data.layouts import BRATS_ET_LABEL, LABEL_MAX, REFERENCE_ORDER
+from medssl.errors import DataError, one_line
 
-PREPROCESS_VERSION = 1
-GRID_LEN = 18  # origin 3, spacing 3, direction 9, size 3 (all x, y, z as ITK orders them)
+# 2: items carry their reference image's path; 3: incomplete files, impossible geometry and modalities off the
+# target grid are refused (a cache built from a cut file must not be reused)
+PREPROCESS_VERSION = 3
+MAX_CASE_BYTES = 16 * 2**30  # one preprocessed case larger than this is a spacing mistake, not data
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,11 @@ class Preprocessing:
         spatial_size: target size ``[D, H, W]``; ``None`` keeps the reference's extent.
         label_mode: ``binary`` (label >= 1), ``brats_regions`` (TC, WT, ET) or ``none``.
         label_values: allowed label values.
+        clip_percentiles: clip each modality to these percentiles before the z-score (PI-CAI baseline:
+            ``(0.5, 99.5)``); ``None`` = no clipping.
+        voxel_aligned: start the centre crop on a whole voxel as MONAI's ``CenterSpatialCrop`` does
+            (``Grid.centred_subgrid``), where the spacing is the reference's: the official BM-MAE pipeline's
+            crop. medssl's own runs crop at the exact centre (``False``).
     """
 
     modalities: tuple[str, ...]
@@ -49,6 +59,8 @@ class Preprocessing:
     spatial_size: tuple[int, int, int] | None = None
     label_mode: str = "binary"
     label_values: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    clip_percentiles: tuple[float, float] | None = None
+    voxel_aligned: bool = False
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "version": PREPROCESS_VERSION}, sort_keys=True)
@@ -62,6 +74,8 @@ def preprocessing_for(
     task: str = "detection",
     spacing: tuple[float, float, float] | None = None,
     spatial_size: tuple[int, int, int] | None = None,
+    clip_percentiles: tuple[float, float] | None = None,
+    voxel_aligned: bool = False,
 ) -> Preprocessing:
     """The preprocessing settings of a layout: its reference grid, its label values and encoding."""
     if layout in REFERENCE_ORDER:
@@ -69,19 +83,64 @@ def preprocessing_for(
     else:
         reference_order = tuple(modalities)
     label_mode = ("brats_regions" if task == "segmentation" else "binary") if with_labels else "none"
-    values = (0, 1, 2, 4) if layout == "brats" else tuple(range(LABEL_MAX.get(layout, 255) + 1))
-    return Preprocessing(tuple(modalities), reference_order, layout == "picai", spacing, spatial_size, label_mode,
-                         values)
+    # BraTS: 0-4 as a set; each case's own convention (ET = 4 in 2021, 3 in 2023+) is checked in check_label
+    values = (0, 1, 2, 3, 4) if layout == "brats" else tuple(range(LABEL_MAX.get(layout, 255) + 1))
+    return Preprocessing(tuple(modalities), reference_order, layout in ("picai", "prostate158"), spacing,
+                         spatial_size, label_mode, values, tuple(clip_percentiles) if clip_percentiles else None,
+                         voxel_aligned)
 
 
-def read_image(path: str, case_id: str | None = None) -> sitk.Image:
-    """A 3-D scalar image with finite voxels, or a DataError naming the case and file."""
+def _read_dicom_series(folder: str, case_id: str | None) -> sitk.Image:
+    """A folder holding exactly one DICOM series, read with SimpleITK's series reader."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise DataError("is a folder with no DICOM series (expected an image file)", case_id, folder)
+    if len(series) > 1:
+        raise DataError(f"DICOM series found: {len(series)} series in one folder; give the folder of one series, "
+                        "or convert the export to the PI-CAI layout with picai_prep (dcm2mha)", case_id, folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
     try:
-        image = sitk.ReadImage(str(path))
+        return reader.Execute()
     except RuntimeError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if "ERROR" in ln or "rror" in ln), "")
-        raise DataError(f"cannot read image (corrupt or truncated?) {first[:160]}".rstrip(),
-                        case_id, path) from None
+        raise DataError(f"DICOM series found but it cannot be read as one volume ({one_line(e)[:120]})",
+                        case_id, folder) from None
+
+
+def _is_dicom_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(path: str, case_id: str | None = None, channel: int | None = None) -> sitk.Image:
+    """A complete 3-D scalar image with finite voxels and a sane geometry, or a DataError naming case and file.
+
+    Args:
+        path: an image file, or a folder holding one DICOM series.
+        case_id: named in errors.
+        channel: for a 4-D (multi-channel) file, the channel to take (decathlon datalists).
+    """
+    from medssl.data.integrity import check_complete, check_geometry
+
+    if Path(path).is_dir():
+        image = _read_dicom_series(path, case_id)
+    else:
+        if _is_dicom_file(path):
+            raise DataError("DICOM series found (a single .dcm slice): give the folder holding the series, or "
+                            "convert the export to the PI-CAI layout with picai_prep (dcm2mha)", case_id, path)
+        check_complete(path, case_id)  # SimpleITK zero-fills a cut gzip stream and raises nothing
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if "ERROR" in ln or "rror" in ln), "")
+            raise DataError(f"cannot read image (corrupt or truncated?) {first[:160]}".rstrip(),
+                            case_id, path) from None
+    if channel is not None:
+        image = _channel_of(image, channel, case_id, path)
+    check_geometry(image, case_id, path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(
             f"expected a 3-D single-channel image, got {image.GetDimension()}-D with "
@@ -93,62 +152,23 @@ def read_image(path: str, case_id: str | None = None) -> sitk.Image:
     return image
 
 
-def grid_of(image: sitk.Image) -> np.ndarray:
-    """The geometry of ``image`` as 18 floats: origin, spacing, direction, size (x, y, z)."""
-    return np.concatenate([image.GetOrigin(), image.GetSpacing(), image.GetDirection(), image.GetSize()]).astype(
-        np.float64
-    )
-
-
-def image_on_grid(array: np.ndarray, grid: np.ndarray) -> sitk.Image:
-    """A SimpleITK image of ``array`` ([D, H, W]) placed on ``grid`` (see ``grid_of``)."""
-    grid = np.asarray(grid, dtype=np.float64)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.SetOrigin(tuple(grid[0:3]))
-    image.SetSpacing(tuple(grid[3:6]))
-    image.SetDirection(tuple(grid[6:15]))
+def _channel_of(image: sitk.Image, channel: int, case_id: str | None, path: str) -> sitk.Image:
+    """Channel ``channel`` of a 4-D image (or of a 3-D vector image) as a 3-D image with its geometry."""
+    if image.GetDimension() == 4:
+        count = image.GetSize()[3]
+        if not 0 <= channel < count:
+            raise DataError(f"channel {channel} asked for, but the 4-D image has {count}", case_id, path)
+        size = list(image.GetSize())
+        size[3] = 0
+        return sitk.Extract(image, size, [0, 0, 0, channel])
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        count = image.GetNumberOfComponentsPerPixel()
+        if not 0 <= channel < count:
+            raise DataError(f"channel {channel} asked for, but the image has {count} components", case_id, path)
+        return sitk.VectorIndexSelectionCast(image, channel)
+    if channel != 0:
+        raise DataError(f"channel {channel} asked for, but the image has one channel", case_id, path)
     return image
-
-
-def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = 1e-2) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-3, atol=1e-4)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol_mm)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-3)
-    )
-
-
-def target_grid(reference: sitk.Image, spacing=None, spatial_size=None) -> np.ndarray:
-    """The grid a case is resampled onto: the reference's orientation, centred on its centre."""
-    ref_size = np.array(reference.GetSize(), dtype=np.float64)
-    ref_spacing = np.array(reference.GetSpacing(), dtype=np.float64)
-    direction = np.array(reference.GetDirection(), dtype=np.float64).reshape(3, 3)
-    new_spacing = ref_spacing if spacing is None else np.array(spacing, dtype=np.float64)[::-1]  # [D,H,W] -> xyz
-    if spatial_size is None:
-        new_size = np.maximum(np.round(ref_size * ref_spacing / new_spacing), 1)
-    else:
-        new_size = np.array(spatial_size, dtype=np.float64)[::-1]
-    centre = np.array(reference.GetOrigin()) + direction @ (ref_spacing * (ref_size - 1) / 2)
-    origin = centre - direction @ (new_spacing * (new_size - 1) / 2)
-    return np.concatenate([origin, new_spacing, direction.ravel(), new_size])
-
-
-def resample_to_grid(image: sitk.Image, grid: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """``image`` resampled physically onto ``grid``; outside its field of view is 0. Returns [D, H, W]."""
-    grid = np.asarray(grid, dtype=np.float64)
-    out = sitk.Resample(
-        image,
-        [int(s) for s in grid[15:18]],
-        sitk.Transform(),
-        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
-        tuple(grid[0:3]),
-        tuple(grid[3:6]),
-        tuple(grid[6:15]),
-        0.0,
-        sitk.sitkFloat32 if not nearest else image.GetPixelID(),
-    )
-    return sitk.GetArrayFromImage(out)
 
 
 def reference_modality(item: dict[str, Any], prep: Preprocessing) -> str:
@@ -165,30 +185,44 @@ def reference_modality(item: dict[str, Any], prep: Preprocessing) -> str:
     return present[0]
 
 
-def check_label(label: sitk.Image, reference: sitk.Image, prep: Preprocessing, case_id: str, path: str) -> None:
-    """Refuse a label whose grid is not the reference's or whose values are out of range."""
-    if not same_grid(label, reference):
+def check_label(label: sitk.Image, reference: sitk.Image, prep: Preprocessing, case_id: str, path: str,
+                convention: str | None = None) -> None:
+    """Refuse a label whose grid is not the reference's or whose values are out of range (BraTS: of its
+    convention, so a 2021 set's label 3 or a 2023 set's label 4 is an error, never a dropped region)."""
+    if not Grid.from_image(label).same_as(Grid.from_image(reference)):
         raise DataError(
             f"label grid (size {label.GetSize()}, spacing {tuple(round(s, 3) for s in label.GetSpacing())}) "
             f"does not match the reference image's (size {reference.GetSize()}, "
             f"spacing {tuple(round(s, 3) for s in reference.GetSpacing())})", case_id, path)
     array = sitk.GetArrayViewFromImage(label)
     values = np.unique(array)
-    bad = [v for v in values.tolist() if v not in prep.label_values]
+    allowed = (0, 1, 2, BRATS_ET_LABEL[convention]) if convention in BRATS_ET_LABEL else prep.label_values
+    bad = [v for v in values.tolist() if v not in allowed]
     if bad:
-        raise DataError(f"label values {bad[:5]} outside the allowed {list(prep.label_values)}", case_id, path)
+        note = f" for {convention} labels (set data.brats_labels if the naming misleads)" if convention else ""
+        raise DataError(f"label values {bad[:5]} outside the allowed {list(allowed)}{note}", case_id, path)
 
 
-def encode_label(label: np.ndarray, mode: str) -> np.ndarray:
-    """[D, H, W] values -> [L, D, H, W] uint8: binary lesion mask or BraTS TC, WT, ET."""
+def encode_label(label: np.ndarray, mode: str, convention: str | None = None) -> np.ndarray:
+    """[D, H, W] values -> [L, D, H, W] uint8: binary lesion mask or BraTS TC, WT, ET.
+
+    BraTS regions come from MONAI's ``ConvertToMultiChannelBasedOnBratsClasses`` with the case's
+    enhancing-tumour label (4 for BraTS 2021, 3 for 2023+; its default 4 drops 2023's ET silently).
+    """
     if mode == "binary":
         return (label >= 1)[None].astype(np.uint8)
     if mode == "brats_regions":
-        tc = np.isin(label, (1, 4))
-        wt = np.isin(label, (1, 2, 4))
-        et = label == 4
-        return np.stack([tc, wt, et]).astype(np.uint8)
+        from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+        et_label = BRATS_ET_LABEL.get(convention or "brats2021", 4)
+        return np.asarray(ConvertToMultiChannelBasedOnBratsClasses(et_label=et_label)(label)).astype(np.uint8)
     raise ValueError(f"label_mode {mode!r}: choose binary, brats_regions or none")
+
+
+def channel_of(item: dict[str, Any], modality: str) -> int | None:
+    """The channel of ``modality`` in a 4-D file (decathlon datalists), or None for a 3-D file."""
+    channels = item.get("channels") or {}
+    return channels.get(modality)
 
 
 def load_case(item: dict[str, Any], prep: Preprocessing) -> dict[str, Any]:
@@ -197,13 +231,18 @@ def load_case(item: dict[str, Any], prep: Preprocessing) -> dict[str, Any]:
     Returns:
         ``image`` float32 [C, D, H, W] (zeros for absent modalities), ``modality_mask`` bool [C],
         ``label`` uint8 [L, D, H, W] when the case has one and labels are wanted, ``grid``
-        (the target grid, see ``grid_of``), ``case_id`` and ``patient_id``.
+        (the target grid as ``Grid.to_array``), ``case_id`` and ``patient_id``.
     """
     case_id = item["case_id"]
     ref_name = reference_modality(item, prep)
-    reference = read_image(item["images"][ref_name], case_id)
-    grid = target_grid(reference, prep.spacing, prep.spatial_size)
-    size = [int(s) for s in grid[15:18][::-1]]  # [D, H, W]
+    reference = read_image(item["images"][ref_name], case_id, channel_of(item, ref_name))
+    ref_grid = Grid.from_image(reference)
+    grid = ref_grid.centred_subgrid(prep.spacing, prep.spatial_size, voxel_aligned=prep.voxel_aligned)
+    needed = int(np.prod(grid.size, dtype=np.float64)) * 4 * (len(prep.modalities) + 1)
+    if needed > MAX_CASE_BYTES:  # estimated before resampling: one line, not a MemoryError mid-way
+        raise DataError(f"its target grid would be {grid.describe()} = {needed / 2**30:.1f} GiB of float32 channels; "
+                        "check data.spacing (mm, [D, H, W]) and data.spatial_size", case_id)
+    size = grid.shape_zyx
     channels, mask = [], []
     for m in prep.modalities:
         path = item["images"].get(m)
@@ -211,18 +250,28 @@ def load_case(item: dict[str, Any], prep: Preprocessing) -> dict[str, Any]:
             channels.append(np.zeros(size, np.float32))
             mask.append(False)
             continue
-        image = reference if m == ref_name else read_image(path, case_id)
-        channels.append(resample_to_grid(image, grid).astype(np.float32))
+        image = reference if m == ref_name else read_image(path, case_id, channel_of(item, m))
+        if m != ref_name:  # a modality placed elsewhere would resample to zeros marked present
+            check_overlap(Grid.from_image(image), grid, MIN_OVERLAP, case_id, path, within=ref_grid)
+        channels.append(resample(image, grid).astype(np.float32))
         mask.append(True)
     out = {
         "case_id": case_id,
         "patient_id": item.get("patient_id", case_id),
         "image": np.stack(channels),  # [C, D, H, W]
         "modality_mask": np.array(mask, dtype=bool),
-        "grid": grid,
+        "reference": item["images"][ref_name],  # the file whose grid predictions go back to
+        "grid": grid.to_array(),  # Grid.from_array(item["grid"]); arrays collate, dataclasses do not
     }
     if prep.label_mode != "none" and item.get("label"):
         label_image = read_image(item["label"], case_id)
-        check_label(label_image, reference, prep, case_id, item["label"])
-        out["label"] = encode_label(resample_to_grid(label_image, grid, nearest=True), prep.label_mode)
+        other = item.get("label_grid")
+        if other and other != ref_name:
+            # a label stored on another modality's grid (Prostate158: the ADC grid): nearest neighbour onto
+            # the reference grid, physically, then checked there like any other label
+            label_image = Grid.from_image(reference).image(resample(label_image, Grid.from_image(reference),
+                                                                    nearest=True))
+        convention = item.get("label_convention")
+        check_label(label_image, reference, prep, case_id, item["label"], convention)
+        out["label"] = encode_label(resample(label_image, grid, nearest=True), prep.label_mode, convention)
     return out

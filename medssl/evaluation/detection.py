@@ -14,13 +14,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import SimpleITK as sitk
-from report_guided_annotation import extract_lesion_candidates
 from scipy.ndimage import gaussian_filter
 
-from medssl.data.preprocess import GRID_LEN, image_on_grid, resample_to_grid
-from medssl.errors import DataError
-from medssl.evaluation.files import atomic_target
+from medssl.data.geometry import Grid, resample_array
 
 
 def smooth(prob: np.ndarray, sigma: float | Sequence[float] = 1.5) -> np.ndarray:
@@ -70,46 +66,20 @@ def detection_map(prob: np.ndarray, threshold: str | float = "dynamic", min_voxe
     Example:
         >>> det = detection_map(smooth(prob))  # then write_image_like(det, t2w_path, out_path)
     """
+    from report_guided_annotation import extract_lesion_candidates
+
     prob = np.asarray(prob)
     check_probabilities(prob)
     det = extract_lesion_candidates(prob.astype(np.float32), threshold=threshold, min_voxels_detection=min_voxels)[0]
     return det.astype(np.float32)
 
 
-def grid_of_file(path: str | os.PathLike, case_id: str | None = None) -> np.ndarray:
-    """The grid (see ``medssl.data.preprocess.grid_of``) of an image file, read from its header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DataError("cannot read image header (missing, corrupt or not an image?)", case_id, str(path)) from None
-    if reader.GetDimension() != 3:
-        raise DataError(f"expected a 3-D image, got {reader.GetDimension()}-D", case_id, str(path))
-    return np.concatenate(
-        [reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), reader.GetSize()]
-    ).astype(np.float64)
-
-
-def to_grid(array: np.ndarray, grid: np.ndarray, target: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """``array`` ([D, H, W] on ``grid``) resampled physically onto ``target``; outside ``grid`` is 0."""
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.shape != (GRID_LEN,):
-        raise ValueError(f"grid should have {GRID_LEN} values (origin, spacing, direction, size), got {grid.shape}")
-    expected = tuple(int(s) for s in grid[15:18][::-1])
-    if array.shape != expected:
-        raise ValueError(f"array shape {array.shape} does not match the grid's size [D, H, W] {expected}")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    return resample_to_grid(image_on_grid(array, grid), target, nearest=nearest)
-
-
-def probability_to_original(prob: np.ndarray, grid: np.ndarray, reference_path: str | os.PathLike) -> np.ndarray:
+def probability_to_original(prob: np.ndarray, grid: Grid, reference_path: str | os.PathLike) -> np.ndarray:
     """A probability map from the preprocessing grid onto the reference image's grid (linear).
 
     Args:
         prob: [D, H, W] probabilities on ``grid``.
-        grid: the preprocessing grid of the case (``load_case(...)["grid"]``).
+        grid: the preprocessing grid of the case (``Grid.from_array(load_case(...)["grid"])``).
         reference_path: the case's original reference image (PI-CAI: its T2W ``.mha``).
 
     Returns:
@@ -117,49 +87,5 @@ def probability_to_original(prob: np.ndarray, grid: np.ndarray, reference_path: 
         ``detection_map`` on it so candidates are components of the grid the label lives on.
     """
     check_probabilities(np.asarray(prob))
-    out = to_grid(np.asarray(prob, dtype=np.float32), grid, grid_of_file(reference_path))
+    out = resample_array(np.asarray(prob, dtype=np.float32), grid, Grid.from_file(reference_path))
     return np.clip(out, 0.0, 1.0)  # linear interpolation is convex; clip float rounding only
-
-
-def write_image_like(array: np.ndarray, reference_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
-    """Write ``array`` with the reference image's geometry, atomically (temporary name, then rename).
-
-    Args:
-        array: [D, H, W] on the reference grid (its size reversed, as SimpleITK orders arrays).
-        reference_path: the image whose origin, spacing and direction are copied.
-        out_path: ``.nii.gz`` (or any SimpleITK format), written compressed.
-    """
-    grid = grid_of_file(reference_path)
-    expected = tuple(int(s) for s in grid[15:18][::-1])
-    if array.shape != expected:
-        raise ValueError(f"array shape {array.shape} does not match {reference_path}'s size [D, H, W] {expected}")
-    image = image_on_grid(array.astype(np.uint8) if array.dtype == bool else array, grid)
-    with atomic_target(out_path) as tmp:
-        sitk.WriteImage(image, tmp, True)
-
-
-def write_in_original_geometry(
-    array: np.ndarray,
-    grid: np.ndarray,
-    reference_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    nearest: bool = False,
-) -> np.ndarray:
-    """Resample a map from the preprocessing grid onto the reference image's grid and write it atomically.
-
-    For detection maps prefer ``detection_map(probability_to_original(...))`` then ``write_image_like``;
-    if a detection map must be resampled, pass ``nearest=True`` so candidate confidences stay constant.
-
-    Args:
-        array: [D, H, W] on ``grid``.
-        grid: the preprocessing grid of the case.
-        reference_path: the case's original reference image.
-        out_path: where to write (``.nii.gz``).
-        nearest: nearest-neighbour instead of linear interpolation (labels, detection maps).
-
-    Returns:
-        The written array, [D, H, W] on the reference grid.
-    """
-    out = to_grid(np.asarray(array), grid, grid_of_file(reference_path), nearest=nearest)
-    write_image_like(out, reference_path, out_path)
-    return out

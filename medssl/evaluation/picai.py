@@ -3,7 +3,8 @@
 Scoring is picai_eval's own (``picai_eval.evaluate`` reads the written files, so what is scored is
 exactly what was saved). The bootstrap reproduces picai_eval's AUROC and AP formulas in array form
 (1000 resamples of 1500 cases take about a second instead of minutes); the tests check it against
-``Metrics.calc_auroc`` / ``Metrics.calc_AP`` on the same resamples.
+``Metrics.calc_auroc`` / ``Metrics.calc_AP`` on the same resamples. ``picai_score`` is the one
+definition of the PI-CAI score; ``medssl.evaluation.compare`` pairs two runs on the same resamples.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import picai_eval
+import SimpleITK as sitk
 from picai_eval.metrics import Metrics
 
-from medssl.data.preprocess import same_grid
+from medssl.data.geometry import Grid, resample
 from medssl.errors import DataError
-from medssl.evaluation.detection import grid_of_file
 
 MAX_CURVE_POINTS = 200
 
@@ -29,34 +30,63 @@ def _binarise(label: np.ndarray) -> np.ndarray:
     return (label >= 1).astype(np.int32)
 
 
-class _Header:
-    """The geometry getters of a SimpleITK image, from a grid, so ``same_grid`` compares file headers."""
+def picai_score(auroc: float | None, ap: float | None) -> float | None:
+    """The PI-CAI ranking score, (AUROC + AP) / 2; None unless both are defined (not None, finite).
 
-    def __init__(self, grid: np.ndarray):
-        self.grid = grid
+    There is no fallback to AP alone: on cases without a negative (or without a positive) AUROC is
+    undefined, and a score that quietly becomes AP there is not comparable with published scores.
 
-    def __str__(self) -> str:
-        spacing = ", ".join(f"{float(v):.3g}" for v in self.grid[3:6])
-        origin = ", ".join(f"{float(v):.4g}" for v in self.grid[0:3])
-        return f"size {self.GetSize()}, spacing ({spacing}), origin ({origin})"
+    Example:
+        >>> picai_score(0.8, 0.5)
+        0.65
+    """
+    if auroc is None or ap is None or not (math.isfinite(auroc) and math.isfinite(ap)):
+        return None
+    return (float(auroc) + float(ap)) / 2
 
-    def GetOrigin(self):  # noqa: N802 (SimpleITK's names)
-        return tuple(self.grid[0:3])
 
-    def GetSpacing(self):  # noqa: N802
-        return tuple(self.grid[3:6])
+def read_label(
+    path: str | os.PathLike, case: str | None = None, grid: Grid | None = None, what: str = "label"
+) -> np.ndarray:
+    """A label (or label-map prediction) file as [D, H, W]; with ``grid``, resampled onto it (nearest neighbour)."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise DataError(f"cannot read the {what} (missing, corrupt or not an image?)", case, str(path)) from None
+    return sitk.GetArrayFromImage(image) if grid is None else resample(image, grid, nearest=True)
 
-    def GetDirection(self):  # noqa: N802
-        return tuple(self.grid[6:15])
 
-    def GetSize(self):  # noqa: N802
-        return tuple(int(s) for s in self.grid[15:18])
+def scoring_grids(
+    det_paths: Mapping[str, str | os.PathLike | None],
+    label_paths: Mapping[str, str | os.PathLike],
+    label_reference: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Grid]:
+    """The grid each case is scored on (its label's, or its ``label_reference`` image's), from headers only.
+
+    Refuses, in one line naming the case, a map that does not lie on that grid. Arguments as ``evaluate_maps``.
+    """
+    label_reference = label_reference or {}
+    grids = {}
+    for case, det_path in det_paths.items():
+        resampled = case in label_reference
+        grids[case] = Grid.from_file(label_reference[case] if resampled else label_paths[case], case)
+        if det_path is None:
+            continue
+        det = Grid.from_file(det_path, case)
+        if not det.same_as(grids[case]):
+            onto = f"that of {label_reference[case]}, which its label is resampled onto" if resampled else "its label's"
+            raise DataError(
+                f"map grid ({_describe(det)}) differs from {onto} ({_describe(grids[case])}): write maps on the "
+                "grid of the case's label (PI-CAI: the original T2W grid, probability_to_original then "
+                "detection_map)", case, str(det_path))
+    return grids
 
 
 def evaluate_maps(
-    det_paths: Mapping[str, str | os.PathLike],
+    det_paths: Mapping[str, str | os.PathLike | None],
     label_paths: Mapping[str, str | os.PathLike],
     num_parallel_calls: int = 1,
+    label_reference: Mapping[str, str | os.PathLike] | None = None,
 ) -> Metrics:
     """Score written detection maps against their labels with ``picai_eval.evaluate``.
 
@@ -64,10 +94,15 @@ def evaluate_maps(
     the voxels one case at a time, so memory stays that of one case per thread.
 
     Args:
-        det_paths: case id -> detection map file (on the case's original T2W grid).
+        det_paths: case id -> detection map file (on the case's original T2W grid); ``None``: the case
+            has no map and is scored as an empty one (no candidate, case score 0).
         label_paths: case id -> label file; labels are binarised as ``label >= 1``. Cases without a
             detection map are ignored (a fold scores its own cases).
         num_parallel_calls: threads picai_eval uses.
+        label_reference: case id -> the image whose grid that case's label is resampled onto (nearest
+            neighbour) before scoring, for labels stored on another grid (Prostate158's tumour labels
+            lie on the ADC grid, the maps on the T2W grid); the map must lie on that image's grid.
+            Other cases are scored on their label's own grid.
 
     Returns:
         picai_eval ``Metrics`` (``.auroc``, ``.AP``, ``.score``, ``.lesion_results``, ...).
@@ -77,24 +112,37 @@ def evaluate_maps(
     """
     if not det_paths:
         raise ValueError("det_paths is empty: no detection maps to evaluate")
+    label_reference = label_reference or {}
     cases = list(det_paths)
     missing = [c for c in cases if c not in label_paths]
     if missing:
         raise DataError(f"detection map has no label ({len(missing)} such cases: {missing[:5]})", missing[0],
                         str(det_paths[missing[0]]))
-    for case in cases:
-        det, label = _Header(grid_of_file(det_paths[case], case)), _Header(grid_of_file(label_paths[case], case))
-        if not same_grid(det, label):
-            raise DataError(
-                f"detection map grid ({det}) differs from its label's ({label}): write maps on the case's "
-                "original T2W grid (probability_to_original, then detection_map)", case, str(det_paths[case]))
+    grids = scoring_grids(det_paths, label_paths, label_reference)
+
+    # Generators: with one thread picai_eval reads them lazily, one case at a time.
+    def maps():
+        for case in cases:
+            path = det_paths[case]
+            # an absent map is empty: a zero-stride view, which picai_eval copies (astype) per case
+            yield str(path) if path is not None else np.broadcast_to(np.float32(0), grids[case].shape_zyx)
+
+    def labels():
+        for case in cases:
+            path = label_paths[case]
+            yield read_label(path, case, grids[case]) if case in label_reference else str(path)
+
     return picai_eval.evaluate(
-        y_det=[str(det_paths[c]) for c in cases],
-        y_true=[str(label_paths[c]) for c in cases],
+        y_det=maps(),
+        y_true=labels(),
         subject_list=cases,
         y_true_postprocess_func=_binarise,
         num_parallel_calls=num_parallel_calls,
     )
+
+
+def _describe(grid: Grid) -> str:
+    return f"{grid.describe()}, origin {tuple(round(o, 3) for o in grid.origin)}"
 
 
 def pool_metrics(folds: Sequence[Metrics]) -> Metrics:
@@ -150,10 +198,11 @@ def metrics_summary(metrics: Metrics) -> dict[str, Any]:
         metrics: from ``evaluate_maps``, ``picai_eval.evaluate`` or ``pool_metrics``.
 
     Returns:
-        ``auroc``, ``ap``, ``score`` (None where undefined, with the reason in ``notes``),
-        ``num_cases``, ``num_lesions``, ``froc`` {lesion_FPR (false positives per case),
-        sensitivity}, ``roc`` {fpr, tpr}, ``pr`` {precision, recall} (each at most 200 points),
-        ``case_pred`` {case: score}, ``case_target`` {case: 0/1}, ``notes``.
+        ``auroc``, ``ap``, ``score`` (``picai_score``; None where undefined, with the reason in
+        ``notes``), ``num_cases``, ``positives`` (cases with a lesion), ``num_lesions``, ``froc``
+        {lesion_FPR (false positives per case), sensitivity}, ``roc`` {fpr, tpr}, ``pr`` {precision,
+        recall} (each at most 200 points), ``case_pred`` {case: score}, ``case_target`` {case: 0/1},
+        ``notes``.
     """
     auroc_note, ap_note = _undefined(metrics)
     notes = [n for n in (auroc_note, ap_note) if n]
@@ -162,8 +211,9 @@ def metrics_summary(metrics: Metrics) -> dict[str, Any]:
     out: dict[str, Any] = {
         "auroc": auroc,
         "ap": ap,
-        "score": None if auroc is None or ap is None else (auroc + ap) / 2,
+        "score": picai_score(auroc, ap),
         "num_cases": int(metrics.num_cases),
+        "positives": int(sum(int(t) for t in metrics.case_target.values())),
         "num_lesions": int(metrics.num_lesions),
         "froc": None,
         "roc": None,
@@ -256,6 +306,7 @@ def bootstrap_values(metrics: Metrics, counts: np.ndarray, chunk: int = 100) -> 
             value = np.full(len(block), np.nan)
         ap.append(value)
     auroc_all, ap_all = np.concatenate(auroc), np.concatenate(ap)
+    # picai_score per resample: NaN (undefined) where either is
     return {"auroc": auroc_all, "ap": ap_all, "score": (auroc_all + ap_all) / 2}
 
 

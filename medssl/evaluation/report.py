@@ -1,13 +1,14 @@
 """Cross-validation report: per fold, mean +- std and pooled with bootstrap CIs, runs side by side.
 
 A self-supervised gain is only a claim next to its from-scratch twin, so the report puts every
-run (``pretrained``, ``scratch``, ...) side by side and writes their difference. Plots are drawn
-with matplotlib's object API on the Agg canvas, so importing this module changes no global backend.
+run (``pretrained``, ``scratch``, ...) side by side and writes their difference, with a paired
+bootstrap over the pooled cases (``compare_paired``). ``write_curve_plots`` is the one ROC/PR/FROC
+plotting path (this report and ``medssl evaluate``'s). Plots are drawn with matplotlib's object API
+on the Agg canvas, so importing this module changes no global backend. Files go through ``medssl.io``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -19,19 +20,28 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medssl.evaluation.files import atomic_target
+from medssl.evaluation.compare import compare_paired
 from medssl.evaluation.picai import bootstrap_ci, metrics_summary, pool_metrics
+from medssl.io import atomic_target, write_json, write_text
 
 METRICS = ("auroc", "ap", "score")
 RESERVED = ("main_run", "folds", "mean", "std", "pooled", "runs", "comparison")
+# curve -> (x key, y key, x label, y label), as ``metrics_summary`` stores the curves
+CURVES = {
+    "roc": ("fpr", "tpr", "1 - specificity (case level)", "sensitivity (case level)"),
+    "pr": ("recall", "precision", "recall (lesion level)", "precision (lesion level)"),
+    "froc": ("lesion_FPR", "sensitivity", "false positives per case", "sensitivity (lesion level)"),
+}
+THIN = {"linewidth": 1.0}
+BOLD = {"linewidth": 2.0, "color": "black"}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON values: numpy scalars and arrays unwrapped, NaN/Inf as None, paths as strings."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -91,7 +101,32 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _markdown(runs: Mapping[str, dict], main: str) -> str:
+def _provenance_markdown(provenance: Mapping[str, Any] | None) -> str:
+    """A short header saying which labels, split, selection rule and weights produced the numbers below."""
+    if not provenance:
+        return ""
+    split = provenance.get("split_source") or {}
+    init = provenance.get("init_from") or {}
+    versions = provenance.get("versions") or {}
+    sources = ", ".join(f"{k} {v}" for k, v in (provenance.get("label_sources") or {}).items())
+    lines = [
+        "## Provenance",
+        "",
+        f"- labels: `{provenance.get('label_source')}`" + (f" ({sources})" if sources else ""),
+        f"- split: {split.get('kind')} `{split.get('name') or split.get('path')}` "
+        f"(folds sha256 {str(split.get('sha256_used') or split.get('sha256'))[:12]})",
+        f"- selection: `{provenance.get('selection')}`: {provenance.get('selection_note')}",
+        "- pretrained weights: " + (f"`{init.get('path')}` (sha256 {str(init.get('sha256'))[:12]})"
+                                    if init.get("path") else "none (from scratch)"),
+        f"- {provenance.get('leakage_check')}",
+        f"- config sha256 {provenance.get('config_sha256')}; device {provenance.get('device')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(runs: Mapping[str, dict], main: str, comparison: Mapping[str, dict] | None = None) -> str:
     names = list(runs)
     header = ["fold"] + [f"{run} {m.upper() if m != 'score' else 'score'}" for run in names for m in METRICS]
     lines = [
@@ -121,6 +156,15 @@ def _markdown(runs: Mapping[str, dict], main: str) -> str:
             ci = pooled["ci"].get(m)
             cells.append(_fmt(pooled[m]) + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"))
     lines.append("| " + " | ".join(cells) + " |")
+    if comparison:
+        lines += ["", "pretrained - scratch, pooled over the same cases (paired bootstrap: 95% CI, two-sided p):", "",
+                  "| metric | difference of fold means | pooled difference [95% CI] | p |", "|---|---|---|---|"]
+        for m in METRICS:
+            row = comparison[m]
+            ci = row.get("pooled_ci")
+            lines.append(f"| {m} | {_fmt(row['difference'])} | {_fmt(row['pooled_difference'])}"
+                         + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+                         + f" | {_fmt(row.get('p_value'))} |")
     notes = [f"- {run} fold {row['fold']}: {note}" for run in names for row in runs[run]["folds"]
              for note in row.get("notes", [])]
     if notes:
@@ -128,12 +172,11 @@ def _markdown(runs: Mapping[str, dict], main: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: Path, run: str, summary: dict, curve: str, x: str, y: str, xlabel: str, ylabel: str) -> None:
+def _plot(path: Path, title: str, entries: Sequence[tuple[str, Mapping, Mapping]], curve: str) -> None:
+    x, y, xlabel, ylabel = CURVES[curve]
     fig = Figure(figsize=(5, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    entries = [(f"fold {row['fold']}", row, {"linewidth": 1.0}) for row in summary["folds"]]
-    entries.append(("pooled", summary["pooled"], {"linewidth": 2.0, "color": "black"}))
     for label, entry, style in entries:
         data = entry.get(curve)
         if not data:
@@ -151,12 +194,61 @@ def _plot(path: Path, run: str, summary: dict, curve: str, x: str, y: str, xlabe
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{run}: {curve.upper()}")
+    ax.set_title(f"{title}: {curve.upper()}")
     if ax.lines:
         ax.legend(fontsize=7, loc="lower right" if curve != "pr" else "lower left")
     fig.tight_layout()
     with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def write_curve_plots(
+    output_dir: str | os.PathLike,
+    title: str,
+    entries: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
+    suffix: str = "",
+) -> list[Path]:
+    """ROC, PR and FROC plots of one or more evaluations on shared axes, written atomically.
+
+    The one plotting path of the cross-validation report (folds and pooled) and ``medssl evaluate``.
+
+    Args:
+        output_dir: folder of the plots (created).
+        title: plot title prefix (a run name).
+        entries: (legend label, summary holding ``roc``/``pr``/``froc`` curves as ``metrics_summary``
+            returns them, matplotlib line style such as ``THIN`` or ``BOLD``); an undefined curve is skipped.
+        suffix: file name suffix: ``roc{suffix}.png``, ``pr{suffix}.png``, ``froc{suffix}.png``.
+
+    Returns:
+        The written paths.
+
+    Example:
+        >>> write_curve_plots("report", "pretrained", [("pooled", metrics_summary(metrics), BOLD)], "_pretrained")
+    """
+    paths = [Path(output_dir) / f"{curve}{suffix}.png" for curve in CURVES]
+    for path, curve in zip(paths, CURVES):
+        _plot(path, title, entries, curve)
+    return paths
+
+
+def _twin_comparison(pretrained: Sequence[Mapping[str, Any]], scratch: Sequence[Mapping[str, Any]],
+                     summaries: Mapping[str, dict], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """pretrained - scratch per metric: difference of fold means, pooled difference with its paired CI and p."""
+    pooled = [pool_metrics([fold["metrics"] for fold in run]) for run in (pretrained, scratch)]
+    # the twins validate on the same folds; when they do not (a fold missing in one), no paired test
+    paired = compare_paired(*pooled, n_bootstrap=n_bootstrap, seed=seed) \
+        if set(pooled[0].subject_list) == set(pooled[1].subject_list) else None
+    comparison = {}
+    for m in METRICS:
+        a, b = summaries["pretrained"], summaries["scratch"]
+        diff = None if a["mean"][m] is None or b["mean"][m] is None else a["mean"][m] - b["mean"][m]
+        pooled_diff = None if a["pooled"][m] is None or b["pooled"][m] is None else a["pooled"][m] - b["pooled"][m]
+        comparison[m] = {"pretrained": a["mean"][m], "scratch": b["mean"][m], "difference": diff,
+                         "pooled_difference": pooled_diff,
+                         "pooled_ci": None if paired is None else paired[m]["ci"],
+                         "p_value": None if paired is None else paired[m]["p_value"],
+                         "cases": None if paired is None else paired["cases"]}
+    return comparison
 
 
 def _file_name(run: str) -> str:
@@ -173,7 +265,9 @@ def write_cv_report(
     """Write ``cv_report.json``, ``cv_report.md`` and ROC/PR/FROC plots for one or more CV runs.
 
     The main run (``pretrained`` when present, else the first) is also at the top level of the
-    JSON; every run is under ``runs``; ``comparison`` holds pretrained - scratch when both exist.
+    JSON; every run is under ``runs``; ``comparison`` holds pretrained - scratch when both exist
+    (per metric: ``difference`` of fold means, ``pooled_difference`` with its paired-bootstrap
+    ``pooled_ci`` and two-sided ``p_value``, None when the twins' pooled cases differ).
 
     Args:
         output_dir: folder for the report (created).
@@ -199,28 +293,15 @@ def write_cv_report(
     summaries = {name: run_summary(folds, n_bootstrap=n_bootstrap, seed=seed) for name, folds in runs.items()}
     report: dict[str, Any] = {"main_run": main, **summaries[main], "runs": summaries}
     if "pretrained" in summaries and "scratch" in summaries:
-        comparison = {}
-        for m in METRICS:
-            a, b = summaries["pretrained"], summaries["scratch"]
-            diff = None if a["mean"][m] is None or b["mean"][m] is None else a["mean"][m] - b["mean"][m]
-            pooled_diff = None if a["pooled"][m] is None or b["pooled"][m] is None else a["pooled"][m] - b["pooled"][m]
-            comparison[m] = {"pretrained": a["mean"][m], "scratch": b["mean"][m], "difference": diff,
-                             "pooled_difference": pooled_diff}
-        report["comparison"] = comparison
+        report["comparison"] = _twin_comparison(runs["pretrained"], runs["scratch"], summaries, n_bootstrap, seed)
     report.update(extra or {})
-    report = _jsonable(report)
-    with atomic_target(output_dir / "cv_report.json") as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=1, allow_nan=False))
-    with atomic_target(output_dir / "cv_report.md") as tmp:
-        Path(tmp).write_text(_markdown(report["runs"], main))
+    report = jsonable(report)
+    write_json(output_dir / "cv_report.json", report)
+    write_text(output_dir / "cv_report.md", _provenance_markdown(report.get("provenance"))
+               + _markdown(report["runs"], main, report.get("comparison")))
     for name, summary in report["runs"].items():
-        stem = _file_name(name)
-        _plot(output_dir / f"roc_{stem}.png", name, summary, "roc", "fpr", "tpr",
-              "1 - specificity (case level)", "sensitivity (case level)")
-        _plot(output_dir / f"pr_{stem}.png", name, summary, "pr", "recall", "precision",
-              "recall (lesion level)", "precision (lesion level)")
-        _plot(output_dir / f"froc_{stem}.png", name, summary, "froc", "lesion_FPR", "sensitivity",
-              "false positives per case", "sensitivity (lesion level)")
+        entries = [(f"fold {row['fold']}", row, THIN) for row in summary["folds"]]
+        write_curve_plots(output_dir, name, [*entries, ("pooled", summary["pooled"], BOLD)], f"_{_file_name(name)}")
     return report
 
 
@@ -248,3 +329,100 @@ def segmentation_summary(dice: Mapping[str, Sequence[float]], hd95: Mapping[str,
             row[f"{name}_median"] = float(np.median(defined)) if len(defined) else None
         out[region] = row
     return out
+
+
+def _verdict(row: Mapping[str, Any] | None) -> str:
+    """Whether pretraining helped, hurt or made no detectable difference, from the paired CI of the score."""
+    row = row or {}
+    diff, ci = row.get("pooled_difference"), row.get("pooled_ci")
+    if diff is None or not ci or None in ci:
+        return "not tested (no paired comparison)"
+    if ci[0] > 0:
+        return "pretraining helped"
+    if ci[1] < 0:
+        return "pretraining hurt"
+    return "no detectable difference"
+
+
+def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, Any]) -> Path | None:
+    """``label_efficiency.png`` (pooled PI-CAI score against the number of labelled training cases, each run
+    with its 95 % bootstrap band) and a "Label efficiency" section appended to ``cv_report.md``.
+
+    Args:
+        output_dir: the study's folder (holding ``cv_report.md``).
+        report: the study's ``cv_report.json`` content, with ``fractions``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = report.get("fractions") or []
+    if not rows:
+        return None
+    output_dir = Path(output_dir)
+    fig = Figure(figsize=(5.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name in dict.fromkeys(run for row in rows for run in row["runs"]):
+        xs, ys, lo, hi = [], [], [], []
+        for row in rows:
+            run = row["runs"].get(name)
+            score = run and (run["pooled"] or {}).get("score")
+            if score is None:
+                continue
+            ci = ((run["pooled"].get("ci") or {}).get("score")) or [score, score]
+            xs.append(run["mean_train_cases"])
+            ys.append(score)
+            lo.append(ci[0] if ci[0] is not None else score)
+            hi.append(ci[1] if ci[1] is not None else score)
+        if xs:
+            ax.plot(xs, ys, marker="o", label=name)
+            ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xlabel("labelled training cases per fold (mean)")
+    ax.set_ylabel("pooled PI-CAI score ((AUROC + AP) / 2)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("label efficiency (95% bootstrap bands)")
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = output_dir / "label_efficiency.png"
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+    lines = ["", "## Label efficiency", "",
+             "Each fraction trains every fold on that share of its training patients (nested, stratified subsets; "
+             "the validation folds are the same). Pooled PI-CAI score per run; the difference is pretrained - "
+             "scratch on the same validation cases, with its paired-bootstrap 95% CI and two-sided p-value.", "",
+             "| fraction | training cases (mean per fold) | " + " | ".join(
+                 f"{name} score [95% CI]" for name in dict.fromkeys(r for row in rows for r in row["runs"]))
+             + " | difference [95% CI] | p | cases | verdict |",
+             "|" + "---|" * (5 + len({r for row in rows for r in row["runs"]}))]
+    for row in rows:
+        cells = [f"{row['fraction']:g}",
+                 " / ".join(f"{run['mean_train_cases']:.1f}" for run in row["runs"].values())]
+        for run in row["runs"].values():
+            pooled = run["pooled"] or {}
+            ci = (pooled.get("ci") or {}).get("score")
+            cells.append(_fmt(pooled.get("score")) + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"))
+        diff = (row.get("difference") or {}).get("score") or {}
+        ci = diff.get("pooled_ci")
+        cells += [_fmt(diff.get("pooled_difference")) + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"),
+                  _fmt(diff.get("p_value")), str(diff.get("cases") or "n/a"), _verdict(diff)]
+        lines.append("| " + " | ".join(cells) + " |")
+    helped = [f"{row['fraction']:g}" for row in rows if _verdict((row.get("difference") or {}).get("score")) ==
+              "pretraining helped"]
+    hurt = [f"{row['fraction']:g}" for row in rows if _verdict((row.get("difference") or {}).get("score")) ==
+            "pretraining hurt"]
+    same = [f"{row['fraction']:g}" for row in rows if _verdict((row.get("difference") or {}).get("score")) ==
+            "no detectable difference"]
+    words = []
+    if helped:
+        words.append(f"pretraining helped at fraction(s) {', '.join(helped)}")
+    if hurt:
+        words.append(f"it hurt at {', '.join(hurt)}")
+    if same:
+        words.append(f"it made no detectable difference at {', '.join(same)}")
+    lines += ["", ("In words: " + "; ".join(words) + ".") if words else "In words: no paired comparison (no twin).",
+              "", "![label efficiency](label_efficiency.png)", ""]
+    md = output_dir / "cv_report.md"
+    write_text(md, (md.read_text() if md.is_file() else "") + "\n".join(lines))
+    return path

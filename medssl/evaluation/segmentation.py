@@ -1,8 +1,14 @@
-"""BraTS region metrics: Dice and HD95 for TC, WT and ET with MONAI's metrics.
+"""BraTS region metrics: Dice and HD95 for TC, WT and ET with MONAI's metrics, on tensors or label maps.
 
 An empty region is ordinary in BraTS (ET is absent in some gliomas): MONAI then returns NaN
 (empty target for Dice, an empty prediction or target for HD95) or Inf. Those cases are kept as
 NaN and counted, never averaged in or raised.
+
+Label maps come in two conventions: BraTS 2021 (0, 1 necrotic core, 2 oedema, 4 enhancing) and
+BraTS 2023/2024 GLI (enhancing is 3). Each map's convention is read from its values (a map with 4
+is 2021, one with 3 is 2023), so a 2021-style prediction (``medssl infer`` writes 4) is scored
+against 2023 labels correctly; a map with neither has no enhancing tumour under both conventions,
+so the two can only be told apart where it matters. ``brats_labels`` fixes one convention instead.
 """
 
 from __future__ import annotations
@@ -11,12 +17,91 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
+from medssl.errors import ConfigError, DataError
 from medssl.evaluation.report import segmentation_summary
 
 REGIONS = ("TC", "WT", "ET")
+BRATS_LABELS = {"2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3)}  # the last value is the enhancing tumour
+
+
+def enhancing_label(
+    values: Sequence[int], brats_labels: str | None = None, case_id: str | None = None, path: str | None = None
+) -> int:
+    """The enhancing-tumour value (4 or 3) of a BraTS label map with these voxel values.
+
+    Args:
+        values: the distinct values of the map.
+        brats_labels: ``"2021"`` (ET = 4) or ``"2023"`` (ET = 3): every map is in that convention and
+            one with the other's value is refused. None reads each map's own from its values: 4 is
+            2021, 3 is 2023, and a map with neither has no enhancing tumour in either convention.
+        case_id: named in errors.
+        path: named in errors.
+
+    Example:
+        >>> enhancing_label([0, 1, 2, 3])
+        3
+    """
+    if brats_labels is not None and brats_labels not in BRATS_LABELS:
+        raise ConfigError(f"brats_labels {brats_labels!r}: choose 2021 (enhancing tumour 4) or 2023 (enhancing 3)")
+    values = sorted({int(v) for v in values})
+    allowed = BRATS_LABELS[brats_labels] if brats_labels else (0, 1, 2, 3, 4)
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        what = f"BraTS {brats_labels} labels {list(allowed)}" if brats_labels else "BraTS labels 0, 1, 2, 3/4"
+        raise DataError(f"values {bad[:5]} are not {what}: is this a label map (not probabilities)?", case_id, path)
+    if brats_labels is not None:
+        return BRATS_LABELS[brats_labels][-1]
+    if 3 in values and 4 in values:
+        raise DataError("holds both 3 and 4, which no BraTS convention does (2021: enhancing tumour 4; 2023: "
+                        "enhancing tumour 3)", case_id, path)
+    return 3 if 3 in values else 4
+
+
+def brats_regions(label: np.ndarray, enhancing: int = 4) -> np.ndarray:
+    """[D, H, W] BraTS label map -> [3, D, H, W] uint8 regions TC = {1, ET}, WT = {1, 2, ET}, ET (MONAI's).
+
+    Example:
+        >>> brats_regions(np.array([[[0, 1, 2, 3]]]), enhancing=3)[:, 0, 0].tolist()  # TC, WT, ET rows
+        [[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]]
+    """
+    return ConvertToMultiChannelBasedOnBratsClasses(et_label=enhancing)(label).astype(np.uint8)  # [3, D, H, W]
+
+
+def label_map_metrics(
+    pred: np.ndarray,
+    label: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    brats_labels: str | None = None,
+    case_id: str | None = None,
+    paths: tuple[str | None, str | None] = (None, None),
+) -> dict[str, Any]:
+    """Dice and HD95 per region of one predicted BraTS label map against its label map.
+
+    Args:
+        pred: [D, H, W] predicted label map (values 0, 1, 2 and 4 or 3).
+        label: [D, H, W] ground-truth label map on the same grid.
+        spacing: voxel spacing ``[D, H, W]`` in mm for HD95.
+        brats_labels: the label convention of both maps (see ``enhancing_label``); None reads each map's own.
+        case_id: named in errors.
+        paths: (prediction, label) files, named in errors.
+
+    Returns:
+        ``{"dice": {region: float}, "hd95": {region: float}, "enhancing_label": {"prediction": 4, "label": 3}}``
+        (NaN where undefined).
+    """
+    if pred.shape != label.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from the label's {label.shape}", case_id, paths[0])
+    et_pred = enhancing_label(np.unique(pred), brats_labels, case_id, paths[0])
+    et_label = enhancing_label(np.unique(label), brats_labels, case_id, paths[1])
+    out = region_metrics(torch.from_numpy(brats_regions(pred, et_pred))[None],
+                         torch.from_numpy(brats_regions(label, et_label))[None], spacing)  # [1, 3, D, H, W] each
+    return {"dice": {r: v[0] for r, v in out["dice"].items()}, "hd95": {r: v[0] for r, v in out["hd95"].items()},
+            "enhancing_label": {"prediction": et_pred, "label": et_label}}
 
 
 def region_metrics(

@@ -13,12 +13,22 @@ Parameter and buffer names follow the official ``bmmae.pth`` exactly, so the fil
 
     model = BMMAE.from_official("bmmae.pth")                 # strict: every key used, none left
     recon = model.eval().reconstruct({"t1": t1, "t2": t2}, missing=("flair",))
+    model, settings = BMMAE.from_checkpoint("runs/pre/checkpoints/last.ckpt")  # sizes from the weights
+
+**Axis order.** Volumes always arrive in medssl's array order ``[B, C, D, H, W] = [z, y, x]``
+(SimpleITK's). The weights carry their own order, ``axis_order``: ``"zyx"`` for weights medssl
+pretrained, ``"xyz"`` for the official file, whose reference pipeline reads NIfTI with nibabel
+(arrays ``[x, y, z]``). The model turns its input into its own order before the tokenizers and
+every spatial output (reconstructions, UNETR feature maps) back, so callers never see it; only
+``img_size``, ``grid_size`` and the token order are in the model's own order (``input_size`` is
+``img_size`` in ``[D, H, W]``). A 128^3 crop would hide a wrong order: nothing raises, the features
+are just those of a transposed brain.
 
 Moving pretrained weights (official file, our pretraining checkpoint, a finetuned net) into the
 encoder of a downstream net goes through the same filter, and the report says what happened::
 
-    net = BMMAEUNETR(in_channels=4, out_channels=3)
-    report = load_encoder_weights(net.encoder, load_checkpoint_file("bmmae.pth"))
+    net = BMMAEUNETR(in_channels=4, out_channels=3, axis_order="xyz")
+    report = load_encoder_weights(net.encoder, load_checkpoint("bmmae.pth"))
     # report["skipped"] lists the decoder.* keys an encoder-only model does not have
 
 Missing modalities follow the project rule: zeros in the input plus ``modality_mask[b, m] = False``.
@@ -28,29 +38,36 @@ never attention keys, which makes the present tokens' outputs identical to a run
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import yaml
 from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint, match_state_dict, strip_prefixes
-from medssl.errors import CheckpointError
+from medssl.checkpoint import WRAPPER_PREFIXES, load_checkpoint, load_weights, state_dict_of, strip_prefixes
+from medssl.errors import CheckpointError, ConfigError
 from medssl.models.host import to_device
 
 __all__ = [
     "BMMAE",
     "BMMAEUNETR",
     "BMMAEClassifier",
+    "axis_order_of",
+    "check_axis_order",
     "checkpoint_filter_fn",
-    "filter_state_dict",
-    "load_checkpoint_file",
+    "find_config",
+    "infer_sizes",
     "load_encoder_weights",
     "sincos_pos_embed_3d",
 ]
@@ -58,8 +75,11 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
-# Wrappers added by DDP, torch.compile, Lightning systems and our downstream nets.
-_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "encoder.")
+AxisOrder = Literal["zyx", "xyz"]
+AXIS_ORDERS = ("zyx", "xyz")
+# Wrappers around BMMAE keys: DDP, torch.compile, a system's ``net.``, ``{"model": ...}``, and the
+# ``encoder.`` of our downstream nets.
+_STRIP_PREFIXES = (*WRAPPER_PREFIXES, "encoder.")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -70,8 +90,17 @@ def _to_3tuple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
         return (value, value, value)
     out = tuple(int(v) for v in value)
     if len(out) != 3:
-        raise ValueError(f"{name}={value!r} must be an int or 3 ints; set model.init_args.{name} accordingly")
+        raise ValueError(f"{name}={value!r} must be an int or 3 ints; "
+                         f"set model.init_args.net.init_args.{name} accordingly")
     return out  # type: ignore[return-value]
+
+
+def _reorder(x: Tensor, axis_order: str) -> Tensor:
+    """Between medssl's ``[B, C, z, y, x]`` and ``axis_order``; its own inverse, so it maps back too.
+
+    ``"xyz"`` swaps the first and last spatial axes: ``[B, C, D, H, W] -> [B, C, W, H, D]``.
+    """
+    return x if axis_order == "zyx" else x.transpose(2, 4)
 
 
 def sincos_pos_embed_3d(grid_size: Sequence[int], dim: int, temperature: float = 10000.0) -> Tensor:
@@ -280,11 +309,12 @@ class BMMAE(nn.Module):
 
     Token layout: ``[CLS, modality 0 tokens, modality 1 tokens, ...]`` with the modalities that
     are passed in canonical order and ``N = prod(img_size // patch_size)`` tokens each in Conv3d
-    flattening order (``patchify`` uses the same order).
+    flattening order of the model's own axis order (``patchify`` uses the same order).
 
     Args:
         modalities: canonical modality order; the decoder's modality embeddings are keyed by name.
-        img_size: input size per modality (int or 3 ints).
+        img_size: input size per modality (int or 3 ints), in the model's own axis order
+            (``input_size`` is the same in ``[D, H, W]``).
         patch_size: cubic patch edge; ``img_size`` must be divisible by it.
         embed_dim: encoder width, a multiple of 6 (sin-cos) and of ``num_heads``.
         depth: number of encoder blocks.
@@ -300,6 +330,9 @@ class BMMAE(nn.Module):
         with_decoder: False builds an encoder only (downstream nets: no unused parameters).
         norm_pix_loss: normalise each target patch to zero mean / unit variance (off in the reference).
         use_checkpoint: recompute the encoder blocks in backward (gradient checkpointing) to save memory.
+        axis_order: the array order the weights were trained on: ``"zyx"`` (medssl's own, SimpleITK
+            arrays) or ``"xyz"`` (the official weights: nibabel arrays). Inputs are always ``[z, y, x]``;
+            the model turns them into this order and its spatial outputs back.
 
     Example:
         >>> model = BMMAE(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4,
@@ -327,6 +360,7 @@ class BMMAE(nn.Module):
         with_decoder: bool = True,
         norm_pix_loss: bool = False,
         use_checkpoint: bool = False,
+        axis_order: AxisOrder = "zyx",
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -337,13 +371,18 @@ class BMMAE(nn.Module):
         ):
             raise ValueError(
                 f"modalities={modalities!r} must be unique, non-empty names without '.'; "
-                "set model.init_args.modalities, e.g. [t1, t1ce, t2, flair]"
+                "set model.init_args.net.init_args.modalities, e.g. [t1, t1ce, t2, flair]"
+            )
+        if axis_order not in AXIS_ORDERS:
+            raise ValueError(
+                f"axis_order={axis_order!r} must be 'zyx' (medssl's pretraining) or 'xyz' (the official "
+                "bmmae.pth); set model.init_args.net.init_args.axis_order"
             )
         img_size = _to_3tuple(img_size, "img_size")
         if any(s % patch_size for s in img_size):
             raise ValueError(
                 f"img_size={img_size} is not divisible by patch_size={patch_size}; "
-                "set model.init_args.img_size to a multiple of patch_size"
+                "set model.init_args.net.init_args.img_size to a multiple of patch_size"
             )
         for key, dim, heads in (
             ("embed_dim", embed_dim, num_heads),
@@ -352,21 +391,23 @@ class BMMAE(nn.Module):
             if dim % 6 or dim % heads:
                 raise ValueError(
                     f"{key}={dim} must be a multiple of 6 (3-D sin-cos table) and of its heads ({heads}); "
-                    f"set model.init_args.{key} to a multiple of {math.lcm(6, heads)}"
+                    f"set model.init_args.net.init_args.{key} to a multiple of {math.lcm(6, heads)}"
                 )
         if depth < 1:
-            raise ValueError(f"depth={depth} must be >= 1; set model.init_args.depth")
+            raise ValueError(f"depth={depth} must be >= 1; set model.init_args.net.init_args.depth")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(
-                f"mask_ratio={mask_ratio} must be in [0, 1); set model.init_args.mask_ratio (0.75)"
+                f"mask_ratio={mask_ratio} must be in [0, 1); set model.init_args.net.init_args.mask_ratio (0.75)"
             )
         if dirichlet_alpha <= 0:
             raise ValueError(
-                f"dirichlet_alpha={dirichlet_alpha} must be > 0; set model.init_args.dirichlet_alpha"
+                f"dirichlet_alpha={dirichlet_alpha} must be > 0; set model.init_args.net.init_args.dirichlet_alpha"
             )
 
         self.modalities = modalities
+        self.axis_order = axis_order
         self.img_size = img_size
+        self.input_size = img_size if axis_order == "zyx" else img_size[::-1]  # [D, H, W]
         self.patch_size = patch_size
         self.grid_size = tuple(s // patch_size for s in img_size)
         self.num_patches = math.prod(self.grid_size)
@@ -409,11 +450,41 @@ class BMMAE(nn.Module):
 
         Args:
             path: plain tensor checkpoint; anything needing arbitrary unpickling is refused.
-            **kwargs: constructor arguments (defaults match the official file).
+            **kwargs: constructor arguments (defaults match the official file, ``axis_order="xyz"``).
         """
-        model = cls(**kwargs)
-        load_encoder_weights(model, load_checkpoint_file(path), strict=True)
+        model = cls(**{"axis_order": "xyz", **kwargs})
+        load_weights(model, path, checkpoint_filter_fn, strict=True, **_report_kinds(model))
         return model
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, config: str | os.PathLike | None = None, with_decoder: bool | None = None
+    ) -> tuple[BMMAE, dict[str, Any]]:
+        """Rebuild a BM-MAE from its weights alone: the official file, our pretraining or finetuning checkpoints.
+
+        Sizes come from the tensor shapes (``infer_sizes``); the head counts, which no shape reveals,
+        from the run's config (``config``, the one saved in the checkpoint or the one Lightning logged
+        beside it) or, for the official file, from the reference. ``img_size`` comes from the config,
+        the checkpoint metadata or a cubic token grid; ``axis_order`` from the metadata (a medssl
+        checkpoint without one is ``zyx``), the config, or the format (the official file is ``xyz``).
+        A finetuned net's checkpoint gives its encoder.
+
+        Args:
+            path: checkpoint file (read with ``weights_only=True``).
+            config: the config the weights were trained with, if not found beside them.
+            with_decoder: build the pretraining decoder; None = when the weights have one.
+
+        Returns:
+            ``(model, settings)``: the model loaded strictly; settings ``spacing`` (``[D, H, W]`` mm),
+            ``voxel_aligned`` (crop on whole voxels as MONAI does: the official pipeline), ``official``
+            and ``config`` (the file used or None).
+
+        Example:
+            >>> model, settings = BMMAE.from_checkpoint("bmmae.pth")  # doctest: +SKIP
+            >>> model.axis_order, settings["spacing"]
+            ('xyz', [1.0, 1.0, 1.0])
+        """
+        return _from_checkpoint(cls, Path(path), config, with_decoder)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -427,24 +498,26 @@ class BMMAE(nn.Module):
         self.grad_checkpointing = enable
 
     def patchify(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W, D] -> [B, N, p^3 * C]`` in Conv3d token order."""
+        """``[B, C, D, H, W]`` (medssl's order) -> ``[B, N, p^3 * C]`` in the tokenizers' token and voxel order."""
         p = self.patch_size
-        return rearrange(x, "b c (gh ph) (gw pw) (gd pd) -> b (gh gw gd) (ph pw pd c)", ph=p, pw=p, pd=p)
+        x = _reorder(x, self.axis_order)  # [B, C, *img_size]
+        return rearrange(x, "b c (g0 p0) (g1 p1) (g2 p2) -> b (g0 g1 g2) (p0 p1 p2 c)", p0=p, p1=p, p2=p)
 
     def unpatchify(self, x: Tensor, channels: int = 1) -> Tensor:
-        """``[B, N, p^3 * C] -> [B, C, H, W, D]``, the inverse of :meth:`patchify`."""
-        p, (gh, gw, gd) = self.patch_size, self.grid_size
-        return rearrange(
-            x, "b (gh gw gd) (ph pw pd c) -> b c (gh ph) (gw pw) (gd pd)",
-            gh=gh, gw=gw, gd=gd, ph=p, pw=p, pd=p, c=channels,
+        """``[B, N, p^3 * C] -> [B, C, D, H, W]`` (medssl's order), the inverse of :meth:`patchify`."""
+        p, (g0, g1, g2) = self.patch_size, self.grid_size
+        x = rearrange(
+            x, "b (g0 g1 g2) (p0 p1 p2 c) -> b c (g0 p0) (g1 p1) (g2 p2)",
+            g0=g0, g1=g1, g2=g2, p0=p, p1=p, p2=p, c=channels,
         )  # fmt: skip
+        return _reorder(x, self.axis_order)  # [B, C, *img_size] -> [B, C, D, H, W]
 
     # ------------------------------------------------------------------ encoder
 
     def _gather_inputs(
         self, volumes: Mapping[str, Tensor], modality_mask: Tensor | None
     ) -> tuple[list[str], list[Tensor], Tensor | None, Tensor | None]:
-        """Canonical-order names, ``[B, 1, H, W, D]`` volumes, ``[B, k]`` presence on the volumes'
+        """Canonical-order names, ``[B, 1, D, H, W]`` volumes, ``[B, k]`` presence on the volumes'
         device and the same presence where ``modality_mask`` lives (None = all present).
 
         Every decision that depends on presence (the checks, whether any modality is absent, how
@@ -457,8 +530,14 @@ class BMMAE(nn.Module):
                 f"volumes has keys {sorted(volumes)}; expected a non-empty subset of {self.modalities}"
             )
         names = [m for m in self.modalities if m in volumes]
-        # [B, H, W, D] -> [B, 1, H, W, D]
+        # [B, D, H, W] -> [B, 1, D, H, W]
         vols = [volumes[m] if volumes[m].ndim == 5 else volumes[m].unsqueeze(1) for m in names]
+        for m, v in zip(names, vols, strict=True):
+            if tuple(v.shape[2:]) != self.input_size:
+                raise ValueError(
+                    f"{m} volume of spatial size {tuple(v.shape[2:])} does not match the model's input size "
+                    f"{self.input_size} ([D, H, W]; img_size={self.img_size} in {self.axis_order} order)"
+                )
         if modality_mask is None:
             return names, vols, None, None
         if modality_mask.shape != (vols[0].shape[0], len(self.modalities)):
@@ -479,7 +558,7 @@ class BMMAE(nn.Module):
 
     def _tokenize(self, names: Sequence[str], vols: Sequence[Tensor]) -> Tensor:
         return torch.cat(
-            [self.tokenizers[m](v) for m, v in zip(names, vols, strict=True)], dim=1
+            [self.tokenizers[m](_reorder(v, self.axis_order)) for m, v in zip(names, vols, strict=True)], dim=1
         )  # [B, k * N, D]
 
     def _forward_blocks(
@@ -504,7 +583,7 @@ class BMMAE(nn.Module):
         """Encode every token of the given modalities (no masking).
 
         Args:
-            volumes: modality name -> ``[B, 1, H, W, D]`` (or ``[B, H, W, D]``), any subset.
+            volumes: modality name -> ``[B, 1, D, H, W]`` (or ``[B, D, H, W]``), any subset.
             modality_mask: optional ``[B, M]`` bool over all canonical modalities, True = present,
                 to mix subsets in one batch: pass zeros for absent ones; their tokens are never
                 attention keys, so present tokens come out as if the absent ones were not there
@@ -513,8 +592,8 @@ class BMMAE(nn.Module):
                 i.e. MONAI's ``hidden_states_out[i]``; UNETR uses ``(3, 6, 9)``.
 
         Returns:
-            ``[B, 1 + k * N, embed_dim]`` final-normed tokens (CLS first), plus the list of hidden
-            states when ``return_layers`` is non-empty.
+            ``[B, 1 + k * N, embed_dim]`` final-normed tokens (CLS first, then each modality's tokens in
+            the model's own axis order), plus the list of hidden states when ``return_layers`` is non-empty.
         """
         bad = [i for i in return_layers if not 0 <= i < self.depth]
         if bad:
@@ -563,7 +642,7 @@ class BMMAE(nn.Module):
         """Pretraining step: mask, encode the visible tokens, decode, score the masked ones.
 
         Args:
-            volumes: modality name -> ``[B, 1, H, W, D]`` z-normalised volumes (the targets too).
+            volumes: modality name -> ``[B, 1, D, H, W]`` z-normalised volumes (the targets too).
             modality_mask: optional ``[B, M]`` bool (True = present) to mix subsets in one batch;
                 pass zeros for absent modalities. Under DDP pass every modality (with the mask), so
                 all tokenizers and modality embeddings stay in the graph.
@@ -642,12 +721,12 @@ class BMMAE(nn.Module):
         """Fill in missing modalities: every present token visible, every missing token masked.
 
         Args:
-            volumes: the present modalities, name -> ``[B, 1, H, W, D]`` (entries named in
+            volumes: the present modalities, name -> ``[B, 1, D, H, W]`` (entries named in
                 ``missing`` are ignored).
             missing: modalities to synthesise.
 
         Returns:
-            name -> ``[B, 1, H, W, D]`` reconstruction for each missing modality.
+            name -> ``[B, 1, D, H, W]`` reconstruction for each missing modality (medssl's order).
         """
         if self.decoder is None:
             raise ValueError("this BMMAE was built with with_decoder=False; reconstruction needs the decoder")
@@ -675,7 +754,7 @@ class BMMAE(nn.Module):
 
 
 class _MultimodalNet(nn.Module):
-    """Shared input handling: ``x [B, M, H, W, D]`` + ``modality_mask [B, M]`` -> encoder call."""
+    """Shared input handling: ``x [B, M, D, H, W]`` + ``modality_mask [B, M]`` -> encoder call."""
 
     encoder: BMMAE
     modality_dropout: float
@@ -684,7 +763,7 @@ class _MultimodalNet(nn.Module):
         if in_channels != len(modalities):
             raise ValueError(
                 f"in_channels={in_channels} does not match the modalities {tuple(modalities)}; "
-                f"set model.init_args.in_channels to {len(modalities)}"
+                f"set model.init_args.net.init_args.in_channels to {len(modalities)}"
             )
 
     def _encode(
@@ -694,7 +773,7 @@ class _MultimodalNet(nn.Module):
         M = len(self.encoder.modalities)
         if x.ndim != 5 or x.shape[1] != M:
             raise ValueError(
-                f"expected x of shape [B, {M}, H, W, D] for {self.encoder.modalities}, got {tuple(x.shape)}"
+                f"expected x of shape [B, {M}, D, H, W] for {self.encoder.modalities}, got {tuple(x.shape)}"
             )
         # Presence stays where modality_mask lives (the systems keep it on the CPU), so the encoder's
         # presence decisions need no device sync; the arithmetic gets a device copy.
@@ -705,7 +784,7 @@ class _MultimodalNet(nn.Module):
         on_device = None if present is None else to_device(present, x.device)
         if on_device is not None:
             x = x * on_device[:, :, None, None, None].to(x.dtype)  # absent channels are zeros
-        volumes = {m: x[:, i: i + 1] for i, m in enumerate(self.encoder.modalities)}  # [B, 1, H, W, D] each
+        volumes = {m: x[:, i: i + 1] for i, m in enumerate(self.encoder.modalities)}  # [B, 1, D, H, W] each
         return x, on_device, self.encoder.encode(volumes, present, return_layers)
 
 
@@ -714,13 +793,15 @@ class BMMAEUNETR(_MultimodalNet):
 
     Skips come from the un-normed outputs of ``blocks[i]`` for ``i`` in ``skip_layers`` (MONAI's
     ``hidden_states_out[3, 6, 9]``) and the final normed output. At each grid position the tokens
-    are averaged over the modalities a sample has, so the head always sees a ``gh x gw x gd`` grid.
+    are averaged over the modalities a sample has, so the head always sees one token grid, turned
+    back into medssl's ``[z, y, x]`` order whatever the encoder's ``axis_order``: the convolutional
+    decoder and the logits live in the input's order.
 
     Args:
         in_channels: input channels, one per modality (must equal ``len(modalities)``).
         out_channels: output channels (3 for BraTS TC/WT/ET).
         modalities: channel order of ``x``.
-        img_size: input size (int or 3 ints), a multiple of 16.
+        img_size: input size (int or 3 ints), a multiple of 16, in ``axis_order``.
         patch_size: must be 16 (UNETR upsamples the token grid by 16).
         embed_dim: encoder width.
         depth: encoder blocks.
@@ -732,6 +813,7 @@ class BMMAEUNETR(_MultimodalNet):
         skip_layers: three 0-based block indices for the skips; None = ``(d//4, d//2, 3d//4)``,
             i.e. ``(3, 6, 9)`` at depth 12 and ``(0, 1, 2)`` at depth 3.
         norm_name: UNETR normalisation.
+        axis_order: the encoder weights' array order (``"xyz"`` for the official ``bmmae.pth``); see :class:`BMMAE`.
         **kwargs: further :class:`BMMAE` arguments.
 
     Example:
@@ -755,6 +837,7 @@ class BMMAEUNETR(_MultimodalNet):
         modality_dropout: float = 0.0,
         skip_layers: Sequence[int] | None = None,
         norm_name: str | tuple = "instance",
+        axis_order: AxisOrder = "zyx",
         **kwargs,
     ) -> None:
         super().__init__()
@@ -762,17 +845,18 @@ class BMMAEUNETR(_MultimodalNet):
         if patch_size != 16:
             raise ValueError(
                 f"patch_size={patch_size}: the UNETR decoder upsamples the token grid by 16; "
-                "set model.init_args.patch_size to 16"
+                "set model.init_args.net.init_args.patch_size to 16"
             )
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(
-                f"modality_dropout={modality_dropout} must be in [0, 1); set model.init_args.modality_dropout"
+                f"modality_dropout={modality_dropout} must be in [0, 1); "
+                "set model.init_args.net.init_args.modality_dropout"
             )
         skip_layers = (depth // 4, depth // 2, 3 * depth // 4) if skip_layers is None else tuple(skip_layers)
         if len(skip_layers) != 3 or any(not 0 <= i < depth for i in skip_layers):
             raise ValueError(
                 f"skip_layers={skip_layers} must be three 0-based block indices below depth={depth}; "
-                f"set model.init_args.skip_layers to e.g. {[depth // 4, depth // 2, 3 * depth // 4]}"
+                f"set model.init_args.net.init_args.skip_layers to e.g. {[depth // 4, depth // 2, 3 * depth // 4]}"
             )
         self.skip_layers = skip_layers
         self.modality_dropout = modality_dropout
@@ -785,6 +869,7 @@ class BMMAEUNETR(_MultimodalNet):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             with_decoder=False,
+            axis_order=axis_order,
             **kwargs,
         )
         common = {"spatial_dims": 3, "kernel_size": 3, "norm_name": norm_name, "res_block": True}
@@ -815,7 +900,7 @@ class BMMAEUNETR(_MultimodalNet):
         self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
 
     def _to_grid(self, tokens: Tensor, present: Tensor | None) -> Tensor:
-        """``[B, 1 + M*N, D]`` -> modality mean over present modalities -> ``[B, D, gh, gw, gd]``."""
+        """``[B, 1 + M*N, D]`` -> modality mean over present modalities -> ``[B, D, gz, gy, gx]`` (medssl's order)."""
         B, _, D = tokens.shape
         x = tokens[:, 1:].reshape(B, -1, self.encoder.num_patches, D)  # [B, M, N, D]
         if present is None:
@@ -823,18 +908,19 @@ class BMMAEUNETR(_MultimodalNet):
         else:
             w = present.to(x.dtype)[:, :, None, None]  # [B, M, 1, 1]
             x = (x * w).sum(1) / w.sum(1)  # [B, N, D]
-        gh, gw, gd = self.encoder.grid_size
-        return rearrange(x, "b (gh gw gd) c -> b c gh gw gd", gh=gh, gw=gw, gd=gd)
+        g0, g1, g2 = self.encoder.grid_size
+        x = rearrange(x, "b (g0 g1 g2) c -> b c g0 g1 g2", g0=g0, g1=g1, g2=g2)  # the encoder's order
+        return _reorder(x, self.encoder.axis_order)  # [B, D, gz, gy, gx]
 
     def forward(self, x: Tensor, modality_mask: Tensor | None = None) -> Tensor:
         """Segment.
 
         Args:
-            x: ``[B, M, H, W, D]``, channels in ``modalities`` order (absent ones may hold anything).
+            x: ``[B, M, D, H, W]``, channels in ``modalities`` order (absent ones may hold anything).
             modality_mask: ``[B, M]`` bool, True = present; None = all present.
 
         Returns:
-            ``[B, out_channels, H, W, D]`` logits.
+            ``[B, out_channels, D, H, W]`` logits.
         """
         x, present, (tokens, hidden) = self._encode(x, modality_mask, self.skip_layers)
         enc1 = self.encoder1(x)
@@ -864,6 +950,7 @@ class BMMAEClassifier(_MultimodalNet):
         mlp_ratio: encoder MLP ratio.
         hidden_dim: width of the head's hidden layer.
         modality_dropout: see :class:`BMMAEUNETR`.
+        axis_order: the encoder weights' array order (``"xyz"`` for the official ``bmmae.pth``); see :class:`BMMAE`.
         **kwargs: further :class:`BMMAE` arguments.
     """
 
@@ -880,13 +967,15 @@ class BMMAEClassifier(_MultimodalNet):
         mlp_ratio: float = 2.0,
         hidden_dim: int = 256,
         modality_dropout: float = 0.0,
+        axis_order: AxisOrder = "zyx",
         **kwargs,
     ) -> None:
         super().__init__()
         self._check_in_channels(in_channels, modalities)
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(
-                f"modality_dropout={modality_dropout} must be in [0, 1); set model.init_args.modality_dropout"
+                f"modality_dropout={modality_dropout} must be in [0, 1); "
+                "set model.init_args.net.init_args.modality_dropout"
             )
         self.modality_dropout = modality_dropout
         self.encoder = BMMAE(
@@ -898,6 +987,7 @@ class BMMAEClassifier(_MultimodalNet):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             with_decoder=False,
+            axis_order=axis_order,
             **kwargs,
         )
         self.head = nn.Sequential(
@@ -905,7 +995,7 @@ class BMMAEClassifier(_MultimodalNet):
         )
 
     def forward(self, x: Tensor, modality_mask: Tensor | None = None) -> Tensor:
-        """``x [B, M, H, W, D]``, ``modality_mask [B, M]`` -> ``[B, num_classes]`` logits."""
+        """``x [B, M, D, H, W]``, ``modality_mask [B, M]`` -> ``[B, num_classes]`` logits."""
         _, _, tokens = self._encode(x, modality_mask)
         return self.head(tokens[:, 0])  # CLS
 
@@ -913,85 +1003,286 @@ class BMMAEClassifier(_MultimodalNet):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load(weights_only=True)``; files that need arbitrary unpickling are refused, never run."""
-    return load_checkpoint(path)
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: BMMAE) -> dict[str, Tensor]:
+    """Map a checkpoint's tensors onto :class:`BMMAE` key names (pure: nothing is loaded).
 
-
-def checkpoint_filter_fn(state_dict: Mapping, model: BMMAE) -> dict[str, Tensor]:
-    """Map a foreign checkpoint onto :class:`BMMAE` key names.
-
-    Unwraps ``{"state_dict": ...}`` (Lightning) / ``{"model": ...}``, strips ``module.``,
-    ``_orig_mod.``, ``model.`` and ``encoder.`` prefixes and drops non-tensor entries. A top-level
-    ``modalities`` entry, when present, must match ``model.modalities``.
+    The official ``bmmae.pth`` already uses our names; our checkpoints wrap them in ``net.``
+    (systems), ``encoder.`` (downstream nets), ``module.`` (DDP) or ``_orig_mod.`` (torch.compile),
+    which are stripped. Non-tensor entries are dropped.
 
     Args:
-        state_dict: loaded checkpoint.
+        state_dict: the unwrapped state dict (``medssl.checkpoint.state_dict_of``).
         model: target model.
+
+    Example:
+        >>> report = load_weights(model, "bmmae.pth", checkpoint_filter_fn, strict=True)  # doctest: +SKIP
     """
-    saved = state_dict.get("modalities")
-    if saved is not None and tuple(saved) != tuple(model.modalities):
-        raise CheckpointError(
-            f"checkpoint was trained on modalities {tuple(saved)} but the model has {model.modalities}; "
-            "set model.init_args.modalities to match"
-        )
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    out = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, Tensor):
-            continue
-        out[strip_prefixes(key, _STRIP_PREFIXES)] = value
-    return out
+    return {strip_prefixes(k, _STRIP_PREFIXES): v for k, v in state_dict.items() if isinstance(v, Tensor)}
 
 
-def filter_state_dict(state_dict: Mapping, model: BMMAE) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
-    """Split a checkpoint into what ``model`` can load and a report.
-
-    Report keys: ``loaded``; ``skipped`` (``decoder.*`` for a model without decoder, and fixed
-    sin-cos tables of another size, which the model rebuilds); ``unexpected``; ``missing``;
-    ``mismatched`` (``"key: ckpt shape vs model shape"``).
-
-    Args:
-        state_dict: loaded checkpoint (wrapped or not).
-        model: target model.
-    """
-    return match_state_dict(
-        checkpoint_filter_fn(state_dict, model),
-        model.state_dict(),
-        unknown_kind=lambda key: "skipped" if key.startswith("decoder.") and model.decoder is None else "unexpected",
-        mismatch_kind=lambda key: "skipped" if key.endswith("position_embeddings") else "mismatched",
-    )
+def _report_kinds(model: BMMAE) -> dict[str, Any]:
+    """How ``load_weights`` files BM-MAE keys: a decoder the model lacks and fixed sin-cos tables of
+    another grid (which the model rebuilds) are ``skipped``, not errors."""
+    return {
+        "unknown_kind": lambda key: "skipped" if key.startswith("decoder.") and model.decoder is None else "unexpected",
+        "mismatch_kind": lambda key: "skipped" if key.endswith("position_embeddings") else "mismatched",
+    }
 
 
-def load_encoder_weights(model: BMMAE, state_dict: Mapping, strict: bool = False) -> dict[str, list[str]]:
+def load_encoder_weights(model: BMMAE, checkpoint: Mapping, strict: bool = False) -> dict[str, list[str]]:
     """Load official / pretraining / finetuned weights into a :class:`BMMAE` and report what happened.
+
+    A thin call of ``medssl.checkpoint.load_weights`` with :func:`checkpoint_filter_fn`, after two
+    checks: a top-level ``modalities`` entry, when present, must match ``model.modalities``, and the
+    weights' axis order (:func:`check_axis_order`) must be the model's.
 
     Args:
         model: full BMMAE or the ``encoder`` of a downstream net.
-        state_dict: checkpoint as loaded by :func:`load_checkpoint_file`.
+        checkpoint: as ``medssl.checkpoint.load_checkpoint`` returns it (pass it whole: its ``medssl``
+            entry or its official format tells the axis order).
         strict: fail on any missing, unexpected or shape-mismatched key.
 
     Returns:
-        the report of :func:`filter_state_dict`.
+        The report: ``loaded``, ``skipped`` (``decoder.*`` for a model without decoder, sin-cos tables
+        of another size), ``unexpected``, ``missing``, ``mismatched``.
     """
-    loadable, report = filter_state_dict(state_dict, model)
-    if not loadable:
-        raise CheckpointError(f"no checkpoint key matches the model (first keys: {list(state_dict)[:5]})")
-    problems = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
-    if strict and problems:
-        lines = [
-            f"{kind} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for kind, keys in problems.items()
-        ]
-        raise CheckpointError("checkpoint does not match BMMAE:\n  " + "\n  ".join(lines))
-    model.load_state_dict(loadable, strict=False)
-    _logger.info(
-        "BMMAE weights: %d loaded, %d skipped, %d unexpected, %d missing, %d mismatched",
-        *(len(report[k]) for k in ("loaded", "skipped", "unexpected", "missing", "mismatched")),
-    )
-    for kind, keys in problems.items():
-        _logger.warning("%s keys: %s", kind, keys)
-    return report
+    saved = checkpoint.get("modalities")
+    if saved is not None and tuple(saved) != tuple(model.modalities):
+        raise CheckpointError(
+            f"checkpoint was trained on modalities {tuple(saved)} but the model has {model.modalities}; "
+            "set model.init_args.net.init_args.modalities to match"
+        )
+    check_axis_order(model, checkpoint)
+    return load_weights(model, checkpoint, checkpoint_filter_fn, strict, **_report_kinds(model))
+
+
+def _is_official(checkpoint: Mapping[str, Any]) -> bool:
+    """The official ``bmmae.pth`` format: a bare state dict with our key names at the top, no ``medssl`` entry."""
+    return ("medssl" not in checkpoint and isinstance(checkpoint.get("cls_token"), Tensor)
+            and any(str(k).startswith("tokenizers.") for k in checkpoint))
+
+
+def axis_order_of(checkpoint: Mapping[str, Any]) -> AxisOrder:
+    """The array order a BM-MAE checkpoint's weights were trained on.
+
+    Our checkpoints record it in their ``medssl`` entry (one without it predates the option: ``zyx``);
+    the official file (see ``_is_official``) is ``xyz``; anything else is taken for ours (``zyx``).
+
+    Args:
+        checkpoint: as ``medssl.checkpoint.load_checkpoint`` returns it (not unwrapped).
+    """
+    metadata = checkpoint.get("medssl")
+    if isinstance(metadata, Mapping):
+        return metadata.get("axis_order") or "zyx"
+    return "xyz" if _is_official(checkpoint) else "zyx"
+
+
+def check_axis_order(model: BMMAE, checkpoint: Mapping[str, Any], name: str = "checkpoint") -> None:
+    """Refuse weights of another axis order than ``model``'s (``init_from``): nothing would fail later,
+    every feature would just be that of a transposed volume.
+
+    Raises:
+        ConfigError: naming the option to set.
+    """
+    order = axis_order_of(checkpoint)
+    if order != model.axis_order:
+        source = "the official bmmae.pth format" if _is_official(checkpoint) else "its medssl entry"
+        raise ConfigError(
+            f"{name} holds BM-MAE weights trained on {order} arrays ({source}) but the net reads them as "
+            f"{model.axis_order}; set model.init_args.net.init_args.axis_order to {order}"
+        )
+
+
+# --------------------------------------------------------------------------- model from weights
+
+# The official bmmae.pth: its sizes, and the head counts no tensor shape reveals.
+_REFERENCE_SIZES = {"embed_dim": 768, "depth": 12, "patch_size": 16, "decoder_embed_dim": 384, "decoder_depth": 3}
+_REFERENCE_HEADS = {"num_heads": 12, "decoder_num_heads": 12}
+_REFERENCE_SPACING = (1.0, 1.0, 1.0)
+_CONFIG_HINT = (
+    "pass --config with the pretraining config (e.g. configs/pretrain/bmmae_tiny.yaml), or keep the run's "
+    "config.yaml beside its checkpoints/ folder"
+)
+# BMMAE arguments a config may set that no tensor shape shows (the head counts are handled apart).
+_CONFIG_ONLY = ("decoder_dropout", "mask_ratio", "dirichlet_alpha", "norm_pix_loss")
+
+
+def _count(state: Mapping[str, Tensor], pattern: str) -> int:
+    """Number of distinct indices ``i`` in keys matching ``pattern`` (a regex with one group)."""
+    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_sizes(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The :class:`BMMAE` arguments that tensor shapes determine (everything but the head counts and img_size).
+
+    Args:
+        state: BMMAE state dict, wrapper prefixes stripped.
+
+    Returns:
+        ``modalities`` (tokenizer order), ``patch_size``, ``embed_dim``, ``depth``, ``mlp_ratio``,
+        ``num_patches`` (tokens per modality, None without a position table) and, when the weights
+        have a decoder, ``decoder_embed_dim``, ``decoder_depth`` and ``decoder_mlp_dim``.
+
+    Example:
+        >>> infer_sizes(BMMAE(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4).state_dict())["depth"]
+        2
+    """
+    suffix = ".patch_embedding.patch_embeddings.weight"
+    modalities = [k.removeprefix("tokenizers.").removesuffix(suffix) for k in state
+                  if k.startswith("tokenizers.") and k.endswith(suffix)]
+    if "cls_token" not in state or not modalities or "blocks.0.mlp.linear1.weight" not in state:
+        raise CheckpointError(f"not BM-MAE weights: no cls_token / tokenizers.* / blocks.* keys "
+                              f"(first keys: {list(state)[:4]})")
+    weight = state[f"tokenizers.{modalities[0]}{suffix}"]  # [D, 1, p, p, p]
+    embed_dim, patch_size = int(state["cls_token"].shape[-1]), int(weight.shape[-1])
+    pos = state.get(f"tokenizers.{modalities[0]}.patch_embedding.position_embeddings")  # [1, N, D]
+    sizes: dict[str, Any] = {
+        "modalities": modalities,
+        "patch_size": patch_size,
+        "embed_dim": embed_dim,
+        "depth": _count(state, r"blocks\.(\d+)\."),
+        "mlp_ratio": state["blocks.0.mlp.linear1.weight"].shape[0] / embed_dim,
+    }
+    if "decoder.decoder_pred.weight" in state:
+        sizes["decoder_embed_dim"] = int(state["decoder.decoder_embed.weight"].shape[0])
+        sizes["decoder_depth"] = _count(state, r"decoder\.decoder_blocks\.(\d+)\.")
+        if "decoder.decoder_blocks.0.mlp.linear1.weight" in state:
+            sizes["decoder_mlp_dim"] = int(state["decoder.decoder_blocks.0.mlp.linear1.weight"].shape[0])
+    sizes["num_patches"] = int(pos.shape[1]) if pos is not None else None
+    return sizes
+
+
+def _section(cfg: Any, *keys: str) -> dict:
+    for key in keys:
+        cfg = cfg.get(key) if isinstance(cfg, Mapping) else None
+    return dict(cfg) if isinstance(cfg, Mapping) else {}
+
+
+def find_config(path: Path, config: str | os.PathLike | None, metadata: Mapping) -> tuple[str | None, dict]:
+    """The config the weights at ``path`` were trained with: ``config``, the resolved one saved in the
+    checkpoint's ``medssl`` entry, or the one Lightning logged for the run (``medssl.runs.Run``).
+
+    Returns:
+        ``(where, config)``: a description of its source and the parsed mapping; ``(None, {})`` when there is none.
+    """
+    from medssl.runs import Run, read_config
+
+    if config is not None:
+        if not Path(config).is_file():
+            raise ConfigError(f"--config {config}: file not found")
+        return str(config), read_config(config)
+    if isinstance(metadata.get("config"), str):
+        data = yaml.safe_load(metadata["config"])
+        return f"{path} (its saved config)", data if isinstance(data, dict) else {}
+    run = Run.of_checkpoint(path)
+    if not run.logged_configs():
+        return None, {}
+    found = run.config_for(path)
+    return str(found), read_config(found)
+
+
+def _net_arguments(cfg: Mapping, where: str | None) -> dict[str, Any]:
+    """``model.init_args.net.init_args`` of a BM-MAE config; a pretraining config's omissions get BMMAE's defaults
+    (not ``img_size`` and ``axis_order``: left unset, the checkpoint's metadata or format decides them)."""
+    if where is None:
+        return {}
+    net = _section(cfg, "model", "init_args", "net")
+    name = str(net.get("class_path", "")).rsplit(".", 1)[-1]
+    if not name.startswith("BMMAE"):
+        raise ConfigError(f"{where}: model.init_args.net is {net.get('class_path')!r}, not a BM-MAE net; pass "
+                          "--config with the BM-MAE config of the checkpoint")
+    args = _section(net, "init_args")
+    if name == "BMMAE":  # a downstream net's config leaves the decoder out: no defaults for it
+        defaults = {k: p.default for k, p in inspect.signature(BMMAE).parameters.items()
+                    if p.default is not inspect.Parameter.empty and k not in ("img_size", "axis_order")}
+        args = {**defaults, **args}
+    return args
+
+
+def _from_checkpoint(
+    cls: type[BMMAE], path: Path, config: str | os.PathLike | None, with_decoder: bool | None
+) -> tuple[BMMAE, dict[str, Any]]:
+    checkpoint = load_checkpoint(path)
+    metadata = checkpoint.get("medssl") if isinstance(checkpoint.get("medssl"), Mapping) else {}
+    architecture = metadata.get("architecture")
+    if architecture not in (None, "bmmae", "BMMAEUNETR", "BMMAEClassifier"):
+        raise CheckpointError(f"{path}: a {architecture} checkpoint; this needs BM-MAE weights")
+    official = _is_official(checkpoint)
+    state = {strip_prefixes(k, WRAPPER_PREFIXES): v for k, v in state_dict_of(checkpoint).items()}
+    if "encoder.cls_token" in state:  # a finetuned net: its encoder
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    try:
+        sizes = infer_sizes(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    has_decoder = "decoder_embed_dim" in sizes
+    if with_decoder and not has_decoder:
+        raise CheckpointError(
+            f"{path}: the weights have no BM-MAE decoder (decoder.* keys), which reconstruction needs: give a "
+            "BM-MAE pretraining checkpoint (medssl fit --config configs/pretrain/bmmae_*.yaml) or the official "
+            "bmmae.pth"
+        )
+    with_decoder = has_decoder if with_decoder is None else with_decoder
+    if not with_decoder:
+        sizes = {k: v for k, v in sizes.items() if not k.startswith("decoder_")}
+
+    where, cfg = find_config(path, config, metadata)
+    given = _net_arguments(cfg, where)
+    num_patches = sizes.pop("num_patches")
+    for key, value in sizes.items():
+        if key in given and key != "modalities" and not math.isclose(float(given[key]), float(value)):
+            raise ConfigError(f"{where}: model.init_args.net.init_args.{key} is {given[key]} but {path} has "
+                              f"{value}; pass the config the checkpoint was trained with (--config)")
+    modalities = given.get("modalities") or metadata.get("modalities") or sizes["modalities"]
+    if sorted(modalities) != sorted(sizes["modalities"]):
+        raise CheckpointError(f"{path}: has tokenizers for {sizes['modalities']} but the config/metadata name "
+                              f"{list(modalities)}")
+
+    needed = ("num_heads", "decoder_num_heads") if with_decoder else ("num_heads",)
+    heads = {k: given[k] for k in needed if k in given}
+    if len(heads) < len(needed):
+        reference = all(sizes[k] == v for k, v in _REFERENCE_SIZES.items() if k in sizes)
+        if where is None and official and reference:
+            heads = {k: _REFERENCE_HEADS[k] for k in needed}
+        else:
+            lacking = [k for k in needed if k not in heads]
+            found = f"{where} does not give them" if where else "no config found"
+            raise ConfigError(f"{path}: {' and '.join(lacking)} cannot be read from the weights ({found}); "
+                              + _CONFIG_HINT)
+
+    # metadata written with the weights, then the config, then the format (the official file: xyz)
+    axis_order = metadata.get("axis_order") or given.get("axis_order") or axis_order_of(checkpoint)
+    img_size = given.get("img_size")
+    if img_size is None and metadata.get("spatial_size"):
+        crop = [int(s) for s in metadata["spatial_size"]]  # [D, H, W]: the model's order is axis_order
+        img_size = crop if axis_order == "zyx" else crop[::-1]
+    if img_size is None and num_patches and round(num_patches ** (1 / 3)) ** 3 == num_patches:
+        img_size = round(num_patches ** (1 / 3)) * sizes["patch_size"]  # cubic token grid (the reference's)
+    if img_size is None:
+        raise ConfigError(f"{path}: cannot tell the model's img_size; " + _CONFIG_HINT)
+    img = [int(img_size)] * 3 if isinstance(img_size, int | float) else [int(s) for s in img_size]
+    if num_patches and math.prod(s // sizes["patch_size"] for s in img) != num_patches:
+        raise ConfigError(f"{path}: img_size {img} with patch_size {sizes['patch_size']} does not give the "
+                          f"{num_patches} tokens per modality of the weights; " + _CONFIG_HINT)
+
+    kwargs = {k: given[k] for k in _CONFIG_ONLY if k in given}
+    kwargs.update(sizes, **heads, modalities=list(modalities), img_size=img, with_decoder=with_decoder,
+                  axis_order=axis_order)
+    try:
+        model = cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{path}: cannot build BMMAE from its sizes: {e}") from None
+    try:
+        load_weights(model, state, checkpoint_filter_fn, strict=True, **_report_kinds(model))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {str(e).removeprefix('checkpoint: ')}") from None
+
+    spacing = metadata.get("spacing") or _section(cfg, "data", "init_args").get("spacing")
+    if spacing is None:
+        spacing = _REFERENCE_SPACING  # BM-MAE's reference preprocessing (the official file has no metadata)
+        _logger.info("no spacing saved with %s: using the reference 1 mm", path)
+    spacing = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
+    # the official pipeline crops with MONAI's CenterSpatialCrop (whole voxels); ours at the exact centre
+    voxel_aligned = bool(metadata.get("voxel_aligned", official))
+    return model, {"spacing": spacing, "voxel_aligned": voxel_aligned, "official": official, "config": where}

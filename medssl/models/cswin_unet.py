@@ -37,7 +37,7 @@ from monai.networks.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import load_checkpoint, match_state_dict, strip_prefixes
+from medssl.checkpoint import load_weights, strip_prefixes
 
 __all__ = [
     "CSwinBlock",
@@ -435,7 +435,7 @@ class CSwinEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels < 1:
-            hint = "set model.init_args.in_channels to 3 for t2w, adc, hbv"
+            hint = "set model.init_args.net.init_args.in_channels to 3 for t2w, adc, hbv"
             raise ValueError(f"in_channels={in_channels} must be >= 1 ({hint})")
         if embed_dim < 1:
             raise ValueError(f"embed_dim={embed_dim} must be >= 1")
@@ -666,83 +666,36 @@ class CSwinUNet(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # checkpoint filter
 # --------------------------------------------------------------------------------------------------
-def _strip_prefixes(key: str) -> str:
-    """Strip wrapper prefixes (``model.``, ``net.``, ``encoder.`` ...) until none is left."""
-    return strip_prefixes(key, _WRAPPER_PREFIXES)
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a pretrained CSwin encoder's tensors onto ``model``'s names (only the encoder transfers).
 
-
-def _unwrap(checkpoint_dict: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Return the tensor mapping inside a Lightning / plain checkpoint."""
-    for wrapper in ("state_dict", "model", "module"):
-        inner = checkpoint_dict.get(wrapper)
-        if isinstance(inner, Mapping):
-            return _unwrap(inner)
-    return checkpoint_dict
-
-
-def checkpoint_filter_fn(
-    state_dict: Mapping[str, Any], model: nn.Module
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Map pretrained CSwin encoder weights onto ``model`` (only the encoder transfers).
-
-    Accepts Lightning checkpoints (``{"state_dict": ...}``), plain state dicts and bare encoder state
-    dicts, with any of the wrapper prefixes ``model.``, ``net.``, ``backbone.``, ``encoder.`` ...
+    Pure (timm's shape): takes the tensors of a checkpoint (``medssl.checkpoint.state_dict_of``:
+    Lightning ``state_dict``, plain or bare encoder state dicts) and returns them renamed for
+    ``model``; ``medssl.checkpoint.load_weights`` matches shapes, loads and reports. Wrapper prefixes
+    (``module.``, ``_orig_mod.``, ``model.``, ``net.``, ``network.``, ``backbone.``, ``encoder.``) are
+    stripped and the encoder's own prefix put back; decoder and SSL-head tensors find no target.
 
     Args:
-        state_dict: checkpoint dict or state dict.
+        state_dict: tensors of a checkpoint.
         model: target with a ``CSwinEncoder`` at ``model.encoder`` (``CSwinUNet``, ``CSwinSSLModel``)
             or a ``CSwinEncoder`` itself.
 
-    Returns:
-        ``(filtered, report)``: ``filtered`` maps target keys to tensors of matching shape; ``report``
-        lists ``loaded`` / ``missing`` target keys and ``skipped`` / ``mismatched`` source keys.
-
     Raises:
-        ValueError: when no tensor matches the target encoder.
+        ValueError: when the model has no CSwin encoder.
     """
     prefix = "" if isinstance(model, CSwinEncoder) else "encoder."
     if prefix and not isinstance(getattr(model, "encoder", None), CSwinEncoder):
         raise ValueError(f"{type(model).__name__} has no CSwinEncoder at .encoder; nothing to load into")
-    source = _unwrap(state_dict)
-    filtered, report = match_state_dict(source, model.state_dict(), rename=lambda key: prefix + _strip_prefixes(key))
-    if not filtered:
-        first = ", ".join(list(source)[:5])
-        raise ValueError(
-            f"no tensor of the checkpoint matches {type(model).__name__}'s CSwin encoder "
-            f"({len(report['mismatched'])} shape mismatches; first keys: {first})"
-        )
-    return filtered, report
+    return {prefix + strip_prefixes(key, _WRAPPER_PREFIXES): value for key, value in state_dict.items()}
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Load a pretrained CSwin encoder into ``model`` (decoder and heads keep their init).
 
     Only weights-only checkpoints are accepted (``torch.load(weights_only=True)``): a pickle that
-    needs arbitrary code (``__reduce__`` payloads, custom classes in ``hyper_parameters``) is refused.
-
-    Args:
-        model: ``CSwinUNet`` / ``CSwinSSLModel`` / ``CSwinEncoder``.
-        path: checkpoint file.
+    needs arbitrary code is refused in one line.
 
     Returns:
-        The report of :func:`checkpoint_filter_fn` (also logged).
-
-    Raises:
-        ValueError: when the file is not a weights-only checkpoint or nothing matches.
+        The report of ``medssl.checkpoint.load_weights`` (also logged).
     """
-    ckpt = load_checkpoint(path)  # weights_only=True; refuses pickled code with one clear line
-    filtered, report = checkpoint_filter_fn(ckpt, model)
-    # strict=False is safe here: the filter already matched names and shapes, and the report says
-    # which target keys stay at their init.
-    model.load_state_dict(filtered, strict=False)
-    logger.info(
-        "loaded %d tensors from %s (%d missing, %d skipped, %d mismatched)",
-        len(report["loaded"]),
-        path,
-        len(report["missing"]),
-        len(report["skipped"]),
-        len(report["mismatched"]),
-    )
-    for key in report["mismatched"]:
-        logger.warning("shape mismatch, not loaded: %s", key)
-    return report
+    return load_weights(model, path, checkpoint_filter_fn)

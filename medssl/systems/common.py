@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from monai.optimizers import WarmupCosineSchedule
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch import LightningModule  # noqa: E402
-from monai.optimizers import WarmupCosineSchedule  # noqa: E402
-
-# Lightning warns whenever a module overrides transfer_batch_to_device next to a data module; ours
-# does so on purpose (below), and the data modules define no such hook.
-warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
+# Lightning warns whenever a module overrides transfer_batch_to_device next to a data module; ours does
+# so on purpose (MedsslModule), and the data modules define no such hook. The CLI entry point silences
+# it for the command it runs (medssl.cli); importing this module changes no warnings filter.
+TRANSFER_HOOK_WARNING = ".*overridden `transfer_batch_to_device` in `LightningModule`.*"
 
 
 class MedsslModule(LightningModule):
@@ -36,6 +32,33 @@ class MedsslModule(LightningModule):
     """
 
     _speed_applied = False
+    run_config: str | None = None  # the resolved YAML of the run (set by the CLI), saved with every checkpoint
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a system adds to the checkpoint's ``medssl`` entry (architecture, ...)."""
+        return {}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A checkpoint of another system or size is one line naming what does not fit (Lightning's resume,
+        ``--ckpt_path``), not a traceback."""
+        from medssl.errors import CheckpointError, one_line
+
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as e:
+            detail = one_line(e).split(":", 1)[-1].strip()[:300]
+            raise CheckpointError(f"the checkpoint does not fit {type(self).__name__} of the config ({detail})") \
+                from None
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            medssl_version = version("medssl")
+        except PackageNotFoundError:
+            medssl_version = None
+        checkpoint["medssl"] = {**data_metadata(self), **self.checkpoint_metadata(),
+                                "config": self.run_config, "medssl_version": medssl_version}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         if not isinstance(batch, dict) or "modality_mask" not in batch:
@@ -61,13 +84,14 @@ class MedsslModule(LightningModule):
 
 
 def adamw_warmup_cosine(module: LightningModule, params, lr: float, weight_decay: float, warmup_epochs: float,
-                        cycles: float = 0.5, end_lr_fraction: float = 0.0) -> dict[str, Any]:
-    """AdamW with MONAI's linear warm-up then cosine, stepped per optimiser step.
+                        cycles: float = 0.5, end_lr_fraction: float = 0.0,
+                        optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """AdamW (or ``optimizer``) with MONAI's linear warm-up then cosine, stepped per optimiser step.
 
     ``cycles`` 0.5 decays to ``end_lr_fraction`` at the end of training; BM-MAE's reference uses a
     cosine period longer than training (1500 of 1000 epochs), i.e. ``cycles = 1000 / 1500 / 2``.
     """
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     per_epoch = total / max(module.trainer.max_epochs or 1, 1)
     warmup = min(int(round(warmup_epochs * per_epoch)), total - 1)
@@ -97,9 +121,23 @@ def data_metadata(module: LightningModule) -> dict[str, Any]:
         "spacing": list(dm.spacing) if dm.spacing else None,
         "spatial_size": list(dm.spatial_size) if dm.spatial_size else None,
         "normalisation": "z-score over non-zero voxels, per modality",
+        "clip_percentiles": list(dm.clip_percentiles) if getattr(dm, "clip_percentiles", None) else None,
+        "voxel_aligned": bool(getattr(dm, "voxel_aligned", False)),
         "train_case_ids": [c.case_id for c in dm.train_cases],
         "skipped_cases": dict(getattr(dm, "skipped_cases", {})),
     }
+
+
+def gather_cases(module: LightningModule, rows: dict[str, Any]) -> dict[str, Any]:
+    """Per-case results of every rank, each case once (DistributedSampler repeats cases to even out ranks).
+
+    Every rank must call it, even one without batches: it is a collective under DDP.
+    """
+    if module._trainer is None or module.trainer.world_size <= 1:
+        return dict(rows)
+    gathered = [None] * module.trainer.world_size
+    torch.distributed.all_gather_object(gathered, rows)
+    return {case_id: row for part in gathered for case_id, row in part.items()}
 
 
 def mid_slice(volume: torch.Tensor) -> np.ndarray:
@@ -114,8 +152,14 @@ def log_image_grid(
     """A grid of 2-D images (one row per modality/sample) to TensorBoard and as a PNG in the log folder."""
     if module._trainer is None or not module.trainer.is_global_zero:
         return None
+    # matplotlib's object API on an Agg canvas: no pyplot, so no global backend is set or needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     n_rows, n_cols = len(rows), len(columns)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * n_cols, 2.2 * n_rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c, image in enumerate(images):
             axes[r, c].imshow(image, cmap="gray")
@@ -131,10 +175,11 @@ def log_image_grid(
     # Not `trainer.log_dir`: under DDP it broadcasts, and only rank 0 gets here, so it would hang.
     log_dir = getattr(module.logger, "log_dir", None) or module.trainer.default_root_dir
     if log_dir:
+        from medssl.io import atomic_target
+
         out = Path(log_dir) / "images" / f"{tag}_epoch{module.current_epoch:04d}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=80)
-    plt.close(fig)
+        with atomic_target(out) as tmp:
+            fig.savefig(tmp, dpi=80)
     experiment = getattr(module.logger, "experiment", None)
     if experiment is not None and hasattr(experiment, "add_image"):
         experiment.add_image(tag, rgb, module.global_step, dataformats="HWC")

@@ -24,7 +24,7 @@ from torch import nn
 
 from medssl.errors import ConfigError
 from medssl.models.transfer import transfer_weights
-from medssl.systems.common import MedsslModule, check_in_channels, data_metadata
+from medssl.systems.common import MedsslModule, adamw_warmup_cosine, check_in_channels, gather_cases
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ class DenseSystem(MedsslModule):
         lr: learning rate.
         weight_decay: weight decay.
         optimizer: ``adam_amsgrad`` (PI-CAI baseline) or ``adamw``.
-        roi_size: sliding-window size ``[D, H, W]``; defaults to ``data.patch_size`` (or the whole volume).
+        lr_schedule: ``constant``; ``poly`` (``lr * (1 - epoch / max_epochs) ** poly_power``, the PI-CAI
+            baseline's and nnU-Net's decay); ``warmup_cosine`` (linear warm-up over ``warmup_epochs``,
+            then cosine to 0: BM-MAE's finetuning script).
+        poly_power: exponent of the ``poly`` decay (baseline 0.95).
+        warmup_epochs: warm-up length of ``warmup_cosine``.
+        roi_size: sliding-window size ``[D, H, W]``; defaults to ``data.crop_size`` (or the whole volume).
         sw_batch_size: windows per forward pass.
         sw_overlap: window overlap.
         tta_flip: average with the left-right flipped prediction at validation/prediction.
@@ -52,12 +57,18 @@ class DenseSystem(MedsslModule):
     """
 
     def __init__(self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
-                 optimizer: Literal["adam_amsgrad", "adamw"] = "adam_amsgrad", roi_size: list[int] | None = None,
+                 optimizer: Literal["adam_amsgrad", "adamw"] = "adam_amsgrad",
+                 lr_schedule: Literal["constant", "poly", "warmup_cosine"] = "constant", poly_power: float = 0.95,
+                 warmup_epochs: float = 0.0, roi_size: list[int] | None = None,
                  sw_batch_size: int = 2, sw_overlap: float = 0.25, tta_flip: bool = True,
                  init_from: str | None = None, refuse_leakage: bool = False,
                  compile: bool | dict[str, Any] = False, channels_last: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])  # collects the subclass's arguments too (init chain)
+        if not lr > 0:
+            raise ConfigError(f"model.init_args.lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.init_args.weight_decay must be >= 0, got {weight_decay}")
+        self.save_hyperparameters(ignore=["net", "loss"])  # collects the subclass's arguments too (init chain)
         self.net = net
         self.uses_mask = takes_modality_mask(net)
         self.leaked_cases: list[str] = []
@@ -95,7 +106,7 @@ class DenseSystem(MedsslModule):
         if self.hparams.roi_size:
             return tuple(self.hparams.roi_size)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return tuple(dm.patch_size) if dm is not None and dm.patch_size else tuple(spatial)
+        return tuple(dm.crop_size) if dm is not None and dm.crop_size else tuple(spatial)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -125,12 +136,88 @@ class DenseSystem(MedsslModule):
     def configure_optimizers(self):
         h = self.hparams
         if h.optimizer == "adam_amsgrad":
-            return torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay, amsgrad=True)
-        return torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+            optimizer = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay, amsgrad=True)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        if h.lr_schedule == "constant":
+            return optimizer
+        if h.lr_schedule == "poly":  # per epoch, as the PI-CAI baseline: lr * (1 - epoch / max_epochs) ** power
+            epochs = max(int(self.trainer.max_epochs or 1), 1)
+            schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=epochs, power=h.poly_power)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        return adamw_warmup_cosine(self, self.parameters(), h.lr, h.weight_decay, h.warmup_epochs, optimizer=optimizer)
 
-    def on_save_checkpoint(self, checkpoint) -> None:
-        checkpoint["medssl"] = {"architecture": type(self.net).__name__, **data_metadata(self),
-                                "init_from": self.hparams.init_from, "leaked_cases": self.leaked_cases}
+    # -- steps every dense system shares -----------------------------------------------------------
+    def target(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        logits = self.call_net(batch["image"], batch["modality_mask"])
+        loss = self.loss_fn(logits.float(), self.target(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def test_step(self, batch, batch_idx):
+        return self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def predict_step(self, batch, batch_idx):
+        """Per case of the batch: its id, reference image and the map ``medssl infer`` writes (original geometry)."""
+        from medssl.inference import predict_case
+
+        out = []
+        for i, case_id in enumerate(batch["case_id"]):
+            item = {"image": batch["image"][i], "modality_mask": batch["modality_mask"][i], "grid": batch["grid"][i]}
+            reference = batch["reference"][i]
+            out.append({"case_id": case_id, "reference": reference,
+                        "map": predict_case(self, item, reference, case_id)})
+        return out
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        encoder = getattr(self.net, "encoder", None)
+        return {"architecture": type(self.net).__name__, "task": self.task,
+                "init_from": self.hparams.init_from, "leaked_cases": self.leaked_cases,
+                **({"axis_order": encoder.axis_order} if hasattr(encoder, "axis_order") else {})}
+
+
+class _Focal(nn.Module):
+    """MONAI's focal loss, reachable as ``.focal`` so ``DetectionSystem.setup`` can set its alpha from the fold."""
+
+    def __init__(self, focal: FocalLoss, with_ce: bool = False):
+        super().__init__()
+        self.focal, self.with_ce = focal, with_ce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.focal(logits, target)
+        return loss + F.cross_entropy(logits, target[:, 0].long()) if self.with_ce else loss
+
+
+class _CE(nn.Module):
+    """Cross-entropy on a ``[B, 1, D, H, W]`` class-index target."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target[:, 0].long())
+
+
+def detection_loss(name: str, focal_gamma: float = 1.0, focal_alpha: float | None = None) -> nn.Module:
+    """The named detection losses of the recipes (focal: the PI-CAI baseline's). A focal loss with
+    ``focal_alpha`` unset has its alpha set from the training fold in ``DetectionSystem.setup``."""
+    focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=focal_gamma, alpha=focal_alpha)
+    if name in ("focal", "focal_ce"):
+        return _Focal(focal, with_ce=name == "focal_ce")
+    if name == "ce":
+        return _CE()
+    if name == "dice_ce":
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    raise ConfigError(f"model.init_args.loss {name!r}: choose focal, focal_ce, ce or dice_ce, or give a loss module")
 
 
 class DetectionSystem(DenseSystem):
@@ -145,41 +232,31 @@ class DetectionSystem(DenseSystem):
         **kwargs: see ``DenseSystem``.
     """
 
-    def __init__(self, net: nn.Module, loss: Literal["focal", "focal_ce", "ce", "dice_ce"] = "focal",
+    task = "detection"
+
+    def __init__(self, net: nn.Module, loss: Literal["focal", "focal_ce", "ce", "dice_ce"] | nn.Module = "focal",
                  focal_gamma: float = 1.0, focal_alpha: float | None = None, smooth_sigma: float = 1.5, **kwargs):
         super().__init__(net, **kwargs)
-        self.loss_fn: nn.Module | None = None
-        self._val: list[tuple[str, np.ndarray, np.ndarray]] = []
+        # a named loss (the shipped recipes) or any loss module given by class_path, e.g. monai.losses.DiceFocalLoss
+        self.loss_fn: nn.Module = loss if isinstance(loss, nn.Module) else detection_loss(loss, focal_gamma,
+                                                                                           focal_alpha)
+        self._val: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        h = self.hparams
-        alpha = h.focal_alpha
         dm = getattr(self.trainer, "datamodule", None)
-        if alpha is None and h.loss in ("focal", "focal_ce"):
+        focal = getattr(self.loss_fn, "focal", None)
+        if focal is not None and self.hparams.focal_alpha is None:
+            # the PI-CAI baseline's alpha: the training fold's fraction of cases without a lesion
             alpha = dm.negative_fraction() if dm is not None and hasattr(dm, "negative_fraction") else 0.75
-        self.focal_alpha_used = alpha
-        focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=h.focal_gamma, alpha=alpha)
-        if h.loss == "focal":
-            self.loss_fn = focal
-        elif h.loss == "dice_ce":
-            self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        else:
-            ce = nn.CrossEntropyLoss()
+            focal.alpha = alpha
+        self.focal_alpha_used = focal.alpha if focal is not None else None
 
-            def ce_loss(logits, target):
-                return ce(logits, target[:, 0].long())
-
-            self.loss_fn = ce_loss if h.loss == "ce" else (lambda lo, t: focal(lo, t) + ce_loss(lo, t))
+    def target(self, batch) -> torch.Tensor:
+        return batch["label"].long()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits.float(), dim=1)[:, 1:2]  # lesion likelihood [B, 1, D, H, W]
-
-    def training_step(self, batch, batch_idx):
-        logits = self.call_net(batch["image"], batch["modality_mask"])
-        loss = self.loss_fn(logits.float(), batch["label"].long())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
-        return loss
 
     def lesion_probability(self, image, modality_mask) -> np.ndarray:
         """Smoothed lesion likelihood ``[B, D, H, W]`` on the preprocessing grid."""
@@ -193,29 +270,26 @@ class DetectionSystem(DenseSystem):
 
         prob = self.lesion_probability(batch["image"], batch["modality_mask"])
         for case_id, p, label in zip(batch["case_id"], prob, batch["label"][:, 0].cpu().numpy()):
-            self._val.append((case_id, detection_map(p), label))
+            self._val[case_id] = (detection_map(p), label)
 
-    def on_validation_epoch_end(self) -> None:
+    def log_epoch_metrics(self, stage: str) -> None:
         from picai_eval import evaluate
 
-        outputs = self._val
-        self._val = []
-        if self.trainer.world_size > 1:
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, outputs)
-            # DistributedSampler repeats cases to even out the ranks: score each case once
-            outputs = list({o[0]: o for part in gathered for o in part}.values())
+        from medssl.evaluation.picai import picai_score
+
+        outputs, self._val = gather_cases(self, self._val), {}
         if not outputs or self.trainer.sanity_checking:
             return
-        metrics = evaluate(y_det=[o[1] for o in outputs], y_true=[o[2] for o in outputs],
-                           subject_list=[o[0] for o in outputs], num_parallel_calls=1)
-        targets = [o[2].any() for o in outputs]
+        ids = sorted(outputs)
+        metrics = evaluate(y_det=[outputs[c][0] for c in ids], y_true=[outputs[c][1] for c in ids], subject_list=ids,
+                           num_parallel_calls=1)
+        targets = [outputs[c][1].any() for c in ids]
         auroc = float(metrics.auroc) if 0 < sum(targets) < len(targets) else float("nan")
-        ap = float(metrics.AP)
-        score = (auroc + ap) / 2 if np.isfinite(auroc) else ap
-        for name, value in (("auroc", auroc), ("ap", ap), ("score", score)):
+        ap = float(metrics.AP) if any(targets) else float("nan")
+        score = picai_score(auroc, ap)
+        for name, value in (("auroc", auroc), ("ap", ap), ("score", float("nan") if score is None else score)):
             # the same value on every rank (all cases gathered): syncing averages equal numbers
-            self.log(f"val/{name}", value, prog_bar=name == "score", sync_dist=True)
+            self.log(f"{stage}/{name}", value, prog_bar=name == "score", sync_dist=True)
 
 
 class SegmentationSystem(DenseSystem):
@@ -229,10 +303,12 @@ class SegmentationSystem(DenseSystem):
     """
 
     REGIONS = ("TC", "WT", "ET")
+    task = "segmentation"
 
-    def __init__(self, net: nn.Module, eval_modalities: list[str] | None = None, **kwargs):
+    def __init__(self, net: nn.Module, eval_modalities: list[str] | None = None, loss: nn.Module | None = None,
+                 **kwargs):
         super().__init__(net, **kwargs)
-        self.loss_fn = DiceCELoss(sigmoid=True)
+        self.loss_fn: nn.Module = loss if loss is not None else DiceCELoss(sigmoid=True)
         self._val_rows: dict[str, list[float]] = {}  # case id -> Dice per region, then HD95 per region
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
@@ -252,11 +328,8 @@ class SegmentationSystem(DenseSystem):
             image = image * mask[:, :, None, None, None].to(image.device, image.dtype)
         return image, mask
 
-    def training_step(self, batch, batch_idx):
-        logits = self.call_net(batch["image"], batch["modality_mask"])
-        loss = self.loss_fn(logits.float(), batch["label"].float())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
-        return loss
+    def target(self, batch) -> torch.Tensor:
+        return batch["label"].float()
 
     def validation_step(self, batch, batch_idx):
         from medssl.evaluation.segmentation import region_metrics
@@ -268,12 +341,8 @@ class SegmentationSystem(DenseSystem):
             self._val_rows[case_id] = ([float(result["dice"][r][i]) for r in self.REGIONS]
                                        + [float(result["hd95"][r][i]) for r in self.REGIONS])
 
-    def on_validation_epoch_end(self) -> None:
-        rows, self._val_rows = self._val_rows, {}
-        if self.trainer.world_size > 1:  # every rank joins, even one without validation batches
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = {case_id: row for part in gathered for case_id, row in part.items()}  # each case once
+    def log_epoch_metrics(self, stage: str) -> None:
+        rows, self._val_rows = gather_cases(self, self._val_rows), {}
         if not rows:
             return
         table = torch.tensor(list(rows.values()), dtype=torch.float32)  # [cases, 2 * regions]
@@ -281,6 +350,6 @@ class SegmentationSystem(DenseSystem):
         dice, hd95 = table[:, :n], table[:, n:]
         # the same values on every rank (all cases gathered): syncing averages equal numbers
         for i, region in enumerate(self.REGIONS):
-            self.log(f"val/dice_{region.lower()}", torch.nanmean(dice[:, i]), sync_dist=True)
-            self.log(f"val/hd95_{region.lower()}", torch.nanmean(hd95[:, i]), sync_dist=True)
-        self.log("val/dice_mean", torch.nanmean(dice), prog_bar=True, sync_dist=True)
+            self.log(f"{stage}/dice_{region.lower()}", torch.nanmean(dice[:, i]), sync_dist=True)
+            self.log(f"{stage}/hd95_{region.lower()}", torch.nanmean(hd95[:, i]), sync_dist=True)
+        self.log(f"{stage}/dice_mean", torch.nanmean(dice), prog_bar=True, sync_dist=True)

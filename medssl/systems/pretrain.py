@@ -14,7 +14,6 @@ from medssl.systems.common import (
     MedsslModule,
     adamw_warmup_cosine,
     check_in_channels,
-    data_metadata,
     log_image_grid,
     mid_slice,
     param_groups,
@@ -30,10 +29,10 @@ def check_data_matches(module: LightningModule, modalities, img_size=None) -> No
         raise ConfigError(f"the model expects modalities {list(modalities)} but data.modalities is "
                           f"{list(dm.modalities)}; make them equal")
     if img_size is not None:
-        crop = dm.patch_size or dm.spatial_size
+        crop = dm.crop_size or dm.spatial_size
         if crop is None or tuple(crop) != tuple(img_size):
             raise ConfigError(f"the model takes volumes of {list(img_size)}; set data.spatial_size (or "
-                              f"data.patch_size) to {list(img_size)}, got {list(crop) if crop else None}")
+                              f"data.crop_size) to {list(img_size)}, got {list(crop) if crop else None}")
 
 
 class BMMAEPretrainSystem(MedsslModule):
@@ -62,7 +61,7 @@ class BMMAEPretrainSystem(MedsslModule):
         self.net = net
 
     def setup(self, stage: str) -> None:
-        check_data_matches(self, self.net.modalities, self.net.img_size)
+        check_data_matches(self, self.net.modalities, self.net.input_size)
 
     def _volumes(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         image = self.channels_last_input(batch["image"])  # [B, M, D, H, W]
@@ -108,8 +107,9 @@ class BMMAEPretrainSystem(MedsslModule):
         groups = param_groups(self.net, h.weight_decay, self.net.no_weight_decay())
         return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs, h.cosine_cycles)
 
-    def on_save_checkpoint(self, checkpoint) -> None:
-        checkpoint["medssl"] = {"architecture": "bmmae", **data_metadata(self)}
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        # the array order the encoder was trained on (medssl feeds [z, y, x]; official weights: xyz)
+        return {"architecture": "bmmae", "axis_order": getattr(self.net, "axis_order", "zyx")}
 
 
 class CSwinPretrainSystem(MedsslModule):
@@ -143,9 +143,9 @@ class CSwinPretrainSystem(MedsslModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
             check_in_channels(self.net, dm.modalities)
-        crop = (dm.patch_size or dm.spatial_size) if dm is not None else None
+        crop = (dm.crop_size or dm.spatial_size) if dm is not None else None
         if crop is not None and crop[1] != crop[2]:
-            raise ConfigError(f"axial rotation needs a square in-plane crop; set data.patch_size (or "
+            raise ConfigError(f"axial rotation needs a square in-plane crop; set data.crop_size (or "
                               f"data.spatial_size) to [{crop[0]}, {crop[1]}, {crop[1]}]")
 
     def _step(self, batch, stage: str):
@@ -178,5 +178,5 @@ class CSwinPretrainSystem(MedsslModule):
         groups.append({"params": list(self.loss_weights.parameters()), "weight_decay": 0.0})
         return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs)
 
-    def on_save_checkpoint(self, checkpoint) -> None:
-        checkpoint["medssl"] = {"architecture": "cswin_unet", **data_metadata(self)}
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {"architecture": "cswin_unet"}

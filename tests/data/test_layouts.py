@@ -23,16 +23,17 @@ def test_picai_root_may_be_parent_or_images(picai_root):
     assert case.clinical["case_csPCa"] in {"YES", "NO"}
 
 
-def test_picai_label_sources(picai_root):
-    expert = discover("picai", picai_root)
-    ai = discover("picai", picai_root, label_source="AI")
-    both = discover("picai", picai_root, label_source="human_expert+AI")
-    n_expert = sum(c.label is not None for c in expert)
-    n_ai = sum(c.label is not None for c in ai)
-    n_both = sum(c.label is not None for c in both)
-    on_disk_expert = len(list(picai_root.glob("picai_labels/**/human_expert/resampled/*.nii.gz")))
-    on_disk_ai = len(list(picai_root.glob("picai_labels/**/AI/Bosma22a/*.nii.gz")))
-    assert (n_expert, n_ai, n_both) == (on_disk_expert, on_disk_ai, on_disk_expert + on_disk_ai)
+def test_picai_default_is_expert_else_ai(picai_root):
+    both = discover("picai", picai_root)  # default: human_expert+AI, the published cohort
+    expert = discover("picai", picai_root, label_source="human_expert")
+    delineations = picai_root / "picai_labels" / "csPCa_lesion_delineations"
+    on_disk_expert = {p.name.removesuffix(".nii.gz") for p in delineations.glob("human_expert/resampled/*.nii.gz")}
+    on_disk_ai = {p.name.removesuffix(".nii.gz") for p in delineations.glob("AI/Bosma22a/*.nii.gz")}
+    assert {c.case_id for c in expert if c.label} == on_disk_expert
+    assert {c.case_id for c in both if c.label} == on_disk_expert | on_disk_ai
+    for case in both:
+        expected = "human_expert" if case.case_id in on_disk_expert else "AI" if case.case_id in on_disk_ai else None
+        assert case.label_source == expected
     assert all("human_expert" in c.label for c in expert if c.label)
 
 
@@ -65,7 +66,8 @@ def test_empty_root_and_bad_layout(tmp_path):
         discover("brats", tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         discover("picai", tmp_path / "nope")
-    with pytest.raises(ConfigError, match="data.layout"):
+    with pytest.raises(ConfigError, match="data.layout 'nifti': choose one of picai, brats, prostate158, nnunet, "
+                                          "datalist"):
         discover("nifti", tmp_path)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from medssl.data.datamodule import FinetuneDataModule
 from medssl.data.splits import check_folds, load_or_make_folds, make_folds, read_split_file
-from medssl.errors import DataError
+from medssl.errors import ConfigError, DataError
 
 
 def _toy(n_patients=20):
@@ -74,4 +75,31 @@ def test_finetune_datamodule_folds(picai_root, tmp_path):
     for i in range(5):
         for j in range(i + 1, 5):
             assert not val_patients[i] & val_patients[j]
-    assert len(list(tmp_path.glob("splits_*.json"))) == 1
+    made = list(tmp_path.glob("splits_*.json"))
+    assert [p.name for p in made] == [f"splits_{dm.dataset_key()}_seed0.json"]  # the seed is in the name
+    made[0].write_text(json.dumps({**json.loads(made[0].read_text()), "seed": 7}))
+    with pytest.raises(ConfigError, match="made with data.split_seed 7, not 0"):
+        FinetuneDataModule(root=str(picai_root), cache_dir=str(tmp_path)).setup("fit")
+
+
+def test_training_subsets_are_nested_by_patient_and_stratified():
+    from medssl.data.splits import training_subset
+
+    rng = np.random.default_rng(0)
+    patients = [f"p{i:03d}" for i in range(60) for _ in range(1 + (i % 3 == 0))]  # some with two studies
+    cases = [f"{p}_{k}" for k, p in enumerate(patients)]
+    positive = [int(p[1:]) % 4 == 0 or bool(rng.random() < 0.1) for p in patients]
+    subsets = {f: training_subset(cases, patients, positive, f, seed=5) for f in (0.1, 0.25, 0.5, 1.0)}
+    assert subsets[1.0] == cases
+    for small, large in ((0.1, 0.25), (0.25, 0.5), (0.5, 1.0)):
+        assert set(subsets[small]) < set(subsets[large])
+    by_patient = dict(zip(cases, patients))
+    for f, chosen in subsets.items():
+        taken = {by_patient[c] for c in chosen}
+        assert {c for c in cases if by_patient[c] in taken} == set(chosen)  # all studies of a chosen patient
+        pos_patients = {p for p, y in zip(patients, positive) if y}
+        assert taken & pos_patients and taken - pos_patients  # both strata present
+        assert abs(len(taken) / 60 - f) <= 0.05
+    assert training_subset(cases, patients, positive, 0.25, seed=5) == subsets[0.25]  # fixed seed, fixed set
+    with pytest.raises(Exception, match="in \\(0, 1\\]"):
+        training_subset(cases, patients, positive, 0.0)

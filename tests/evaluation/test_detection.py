@@ -10,16 +10,16 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from medssl.data.preprocess import target_grid
-from medssl.evaluation.detection import (
-    detection_map,
-    probability_to_original,
-    smooth,
-    write_image_like,
-    write_in_original_geometry,
-)
+from medssl.data.geometry import Grid, resample_array, write_like
+from medssl.evaluation.detection import detection_map, probability_to_original, smooth
 from tests.conftest import write_image
 from tests.evaluation.conftest import make_cases
+
+
+def write_in_original_geometry(array, grid, reference_path, out_path, nearest=False):
+    out = resample_array(np.asarray(array), grid, Grid.from_file(reference_path), nearest=nearest)
+    write_like(out, reference_path, out_path)
+    return out
 
 
 def _rot_z(deg):
@@ -69,11 +69,8 @@ def _world(image: sitk.Image) -> np.ndarray:
 
 def test_round_trip_to_oblique_original_grid(oblique_reference, tmp_path):
     path, reference = oblique_reference
-    grid = target_grid(reference, spacing=(3.0, 0.5, 0.5), spatial_size=(10, 48, 48))
-    on_grid = sitk.Image([int(s) for s in grid[15:18]], sitk.sitkFloat32)
-    on_grid.SetOrigin(tuple(grid[0:3]))
-    on_grid.SetSpacing(tuple(grid[3:6]))
-    on_grid.SetDirection(tuple(grid[6:15]))
+    grid = Grid.from_image(reference).centred_subgrid((3.0, 0.5, 0.5), (10, 48, 48))
+    on_grid = grid.image(np.zeros(grid.shape_zyx, np.float32))
     centre = np.array([3.1, -2.4, 1.5])  # mm, world
     prob = np.exp(-(((_world(on_grid) - centre) / np.array([3.0, 3.0, 5.0])) ** 2).sum(-1) / 2).astype(np.float32)
 
@@ -100,7 +97,7 @@ def test_round_trip_to_oblique_original_grid(oblique_reference, tmp_path):
     assert all(len(np.unique(det[labelled == k])) == 1 for k in range(1, n + 1))
     peak = np.unravel_index(np.argmax(array), array.shape)
     assert det[peak] == det.max() == pytest.approx(array.max(), abs=1e-6)
-    write_image_like(det, path, tmp_path / "det.nii.gz")
+    write_like(det, path, tmp_path / "det.nii.gz")
 
     # a detection map resampled nearest-neighbour keeps its confidences
     det_on_grid = (prob > 0.5) * np.float32(0.7)
@@ -108,8 +105,8 @@ def test_round_trip_to_oblique_original_grid(oblique_reference, tmp_path):
     assert set(np.unique(near).tolist()) <= {0.0, np.float32(0.7).item()}
 
 
-def test_write_image_like_refuses_wrong_shape(oblique_reference, tmp_path):
+def test_write_like_refuses_wrong_shape(oblique_reference, tmp_path):
     path, _ = oblique_reference
     with pytest.raises(ValueError, match="does not match"):
-        write_image_like(np.zeros((4, 4, 4), np.float32), path, tmp_path / "x.nii.gz")
+        write_like(np.zeros((4, 4, 4), np.float32), path, tmp_path / "x.nii.gz")
     assert not (tmp_path / "x.nii.gz").exists()

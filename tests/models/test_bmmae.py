@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-import medssl.models.bmmae as bmmae_module
 from medssl.models.bmmae import (
     BMMAE,
     BMMAEUNETR,
@@ -190,9 +189,9 @@ def test_patchify_follows_conv_token_order():
 def test_from_official_matches_reference_forward(tiny_official, subset):
     path, sd = tiny_official
     model = BMMAE.from_official(path, **TINY).eval()
-    vols = {m: v for m, v in volumes().items() if m in subset}
+    vols = {m: v for m, v in volumes().items() if m in subset}  # [B, 1, x, y, z], as nibabel gives them
     with torch.no_grad():
-        ours = model.encode(vols)
+        ours = model.encode({m: v.transpose(2, 4) for m, v in vols.items()})  # medssl's [z, y, x] arrays
         ref = reference_encode(sd, vols, heads=4, patch=8)
     assert ours.shape == (2, 1 + len(subset) * TINY_N, 48)
     assert (ours - ref).abs().max().item() < 1e-3
@@ -223,7 +222,7 @@ def test_from_official_at_another_img_size_rebuilds_position_tables(tiny_officia
     path, sd = tiny_official
     model = BMMAE.from_official(path, **{**TINY, "img_size": 16})
     torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
-    report = bmmae_module.filter_state_dict(sd, model)[1]
+    report = load_encoder_weights(BMMAE(**{**TINY, "img_size": 16, "axis_order": "xyz"}), sd)
     assert report["skipped"] and all(k.endswith("position_embeddings") for k in report["skipped"])
     assert not report["missing"] and not report["mismatched"]
 
@@ -274,7 +273,7 @@ def test_load_encoder_weights_into_downstream_net():
     assert set(report["skipped"]) == {k for k in sd if k.startswith("decoder.")}
     assert not report["missing"] and not report["unexpected"] and not report["mismatched"]
     torch.testing.assert_close(net.encoder.cls_token, sd["cls_token"])
-    with pytest.raises(ValueError, match="no checkpoint key matches"):
+    with pytest.raises(ValueError, match="no tensor matches BMMAE"):
         load_encoder_weights(net.encoder, {"foo": torch.zeros(1)})
     with pytest.raises(ValueError, match="modalities"):
         load_encoder_weights(net.encoder, {"modalities": ["t2w", "adc"], **sd})
@@ -411,8 +410,8 @@ def test_classifier_shape_and_gradients():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"in_channels": 3}, r"set model\.init_args\.in_channels to 4"),
-        ({"patch_size": 8}, r"set model\.init_args\.patch_size to 16"),
+        ({"in_channels": 3}, r"set model\.init_args\.net\.init_args\.in_channels to 4"),
+        ({"patch_size": 8}, r"set model\.init_args\.net\.init_args\.patch_size to 16"),
         ({"skip_layers": (1, 2, 3)}, "skip_layers"),
         ({"embed_dim": 50}, "embed_dim"),
         ({"modality_dropout": 1.0}, "modality_dropout"),
@@ -430,3 +429,63 @@ def test_bmmae_rejects_bad_arguments():
         BMMAE(**{**TINY, "img_size": 30})
     with pytest.raises(ValueError, match="expected a non-empty subset"):
         BMMAE(**TINY).encode({"t2w": torch.zeros(1, 1, 32, 32, 32)})
+
+
+# --------------------------------------------------------------------------- axis order
+
+
+def _twins(img_size=(32, 16, 24)) -> tuple[BMMAE, BMMAE]:
+    """The same weights read as zyx and as xyz; ``img_size`` is each model's own order."""
+    zyx = BMMAE(**{**TINY, "img_size": img_size}).eval()
+    xyz = BMMAE(**{**TINY, "img_size": img_size, "axis_order": "xyz"}).eval()
+    xyz.load_state_dict(zyx.state_dict())
+    return zyx, xyz
+
+
+def test_xyz_model_reads_zyx_inputs_as_their_transpose():
+    zyx, xyz = _twins()
+    assert xyz.input_size == (24, 16, 32) and xyz.grid_size == zyx.grid_size == (4, 2, 3)
+    vols = {m: v[..., :16, :24] for m, v in volumes().items()}  # [B, 1, 32, 16, 24]: zyx's input
+    as_zyx = {m: v.transpose(2, 4) for m, v in vols.items()}  # the same volume in medssl's array order
+    with torch.no_grad():
+        torch.testing.assert_close(xyz.encode(as_zyx), zyx.encode(vols))
+        recon_xyz = xyz.reconstruct({"t1": as_zyx["t1"]}, missing=("flair",))["flair"]
+        recon_zyx = zyx.reconstruct({"t1": vols["t1"]}, missing=("flair",))["flair"]
+    assert recon_xyz.shape == (2, 1, 24, 16, 32)  # reconstructions come back in the input's order
+    torch.testing.assert_close(recon_xyz, recon_zyx.transpose(2, 4))
+    torch.manual_seed(3)
+    loss_zyx = zyx(vols)["loss"]
+    torch.manual_seed(3)
+    loss_xyz = xyz(as_zyx)["loss"]
+    torch.testing.assert_close(loss_xyz, loss_zyx)  # the same masking, targets and predictions
+    with pytest.raises(ValueError, match=r"input size \(24, 16, 32\)"):
+        xyz.encode(vols)
+
+
+def test_xyz_patchify_round_trip_and_token_order():
+    zyx, xyz = _twins()
+    x = torch.randn(2, 1, 24, 16, 32)  # [z, y, x]
+    torch.testing.assert_close(xyz.unpatchify(xyz.patchify(x)), x)
+    torch.testing.assert_close(xyz.patchify(x), zyx.patchify(x.transpose(2, 4)))
+    conv = xyz.tokenizers["t1"].patch_embedding.patch_embeddings
+    tokens = conv(x.transpose(2, 4)).flatten(2).transpose(1, 2)  # [B, N, D], the tokenizer's order
+    torch.testing.assert_close(tokens, xyz.patchify(x) @ conv.weight.flatten(1).T + conv.bias, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("axis_order", ["zyx", "xyz"])
+def test_unetr_feature_grid_is_in_zyx_order(axis_order):
+    """``_to_grid`` puts each token where its patch lies in the [z, y, x] input, whatever the encoder's order."""
+    net = BMMAEUNETR(in_channels=4, out_channels=2, **{**TINY_NET, "img_size": (64, 32, 16)}, axis_order=axis_order)
+    x = torch.randn(1, 1, *net.encoder.input_size)
+    patch_means = net.encoder.patchify(x).mean(-1, keepdim=True)  # [1, N, 1] in token order
+    tokens = torch.cat([torch.zeros(1, 1, 1), patch_means], dim=1)  # CLS + one modality
+    torch.testing.assert_close(net._to_grid(tokens, None), F.avg_pool3d(x, 16))
+    logits = net(torch.randn(1, 4, *net.encoder.input_size))
+    assert logits.shape == (1, 2, *net.encoder.input_size)
+
+
+def test_axis_order_is_validated():
+    with pytest.raises(ValueError, match="axis_order"):
+        BMMAE(**TINY, axis_order="yxz")
+    with pytest.raises(ValueError, match="axis_order"):
+        BMMAEClassifier(in_channels=4, img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, axis_order="x")

@@ -7,6 +7,8 @@ import itertools
 import pytest
 import torch
 
+from medssl.checkpoint import load_weights, state_dict_of
+from medssl.errors import CheckpointError
 from medssl.models.cswin_unet import (
     CrossShapedAttention,
     CSwinBlock,
@@ -190,29 +192,36 @@ def _lightning_ckpt(model: torch.nn.Module, prefix: str = "model.") -> dict:
 def test_ssl_encoder_transfers_into_unet() -> None:
     ssl = CSwinSSLModel(in_channels=3, **TINY)
     unet = tiny_unet()
-    filtered, report = checkpoint_filter_fn(_lightning_ckpt(ssl), unet)
+    renamed = checkpoint_filter_fn(state_dict_of(_lightning_ckpt(ssl)), unet)  # pure: names only
+    assert all(k.startswith("encoder.") for k in renamed)
+    report = load_weights(unet, _lightning_ckpt(ssl), checkpoint_filter_fn)
     n_encoder = len(unet.encoder.state_dict())
-    assert len(report["loaded"]) == n_encoder == len(filtered)
-    assert all(k.startswith("encoder.") for k in filtered)
+    assert len(report["loaded"]) == n_encoder
     assert set(report["missing"]) == {k for k in unet.state_dict() if not k.startswith("encoder.")}
     assert report["mismatched"] == []
     assert any("rotation_head" in k for k in report["skipped"])
-    for k, v in filtered.items():
-        assert torch.equal(v, ssl.state_dict()[k])
+    for k, v in unet.encoder.state_dict().items():
+        assert torch.equal(v, ssl.encoder.state_dict()[k])
 
 
 def test_filter_reports_shape_mismatch_and_bare_encoder_keys() -> None:
     src = CSwinEncoder(in_channels=4, **TINY)  # different stem: mismatch, the rest loads
     ckpt = {f"net.backbone.{k}": v for k, v in src.state_dict().items()}
-    filtered, report = checkpoint_filter_fn(ckpt, tiny_unet())
-    assert [m.split(":")[0] for m in report["mismatched"]] == ["net.backbone.patch_embed.proj.weight"]
+    report = load_weights(tiny_unet(), ckpt, checkpoint_filter_fn)
+    assert [m.split(":")[0] for m in report["mismatched"]] == ["encoder.patch_embed.proj.weight"]
     assert "encoder.patch_embed.proj.weight" in report["missing"]
-    assert len(filtered) == len(src.state_dict()) - 1
+    assert len(report["loaded"]) == len(src.state_dict()) - 1
 
 
-def test_filter_raises_when_nothing_matches() -> None:
-    with pytest.raises(ValueError, match="no tensor of the checkpoint matches"):
-        checkpoint_filter_fn({"state_dict": {"model.decoder.weight": torch.zeros(3)}}, tiny_unet())
+def test_load_fails_when_nothing_matches() -> None:
+    with pytest.raises(CheckpointError, match="no tensor matches CSwinUNet"):
+        load_weights(tiny_unet(), {"state_dict": {"model.decoder.weight": torch.zeros(3)}}, checkpoint_filter_fn)
+
+
+def test_strict_load_names_what_does_not_match() -> None:
+    src = CSwinEncoder(in_channels=4, **TINY)
+    with pytest.raises(CheckpointError, match="mismatched .*patch_embed"):
+        load_weights(CSwinEncoder(in_channels=3, **TINY), src.state_dict(), checkpoint_filter_fn, strict=True)
 
 
 def test_load_pretrained_roundtrip(tmp_path) -> None:
@@ -246,7 +255,7 @@ def test_load_pretrained_refuses_code_pickles(tmp_path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "hyper_parameters": _Evil(str(marker))}, path)
-    with pytest.raises(ValueError, match="refused: the file is not a plain weights file"):
+    with pytest.raises(CheckpointError, match="refused: the file is not a plain weights file"):
         load_pretrained(tiny_unet(), path)
     assert not marker.exists()
 

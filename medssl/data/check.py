@@ -3,43 +3,55 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from medssl.data.geometry import Grid
 from medssl.data.layouts import discover
 from medssl.data.preprocess import load_case, preprocessing_for
 from medssl.errors import DataError
 
 
 def check_dataset(
-    root: str, layout: str, labels_root: str | None = None, label_source: str = "human_expert",
-    modalities: list[str] | None = None,
+    root: str, layout: str, labels_root: str | None = None, label_source: str | None = None,
+    modalities: list[str] | None = None, brats_labels: str | None = None,
+    progress: Callable[[list], Iterable] | None = None,
 ) -> dict[str, Any]:
     """Read every case (images, labels, geometry) and count what is there.
 
     Returns:
         ``cases``, ``patients``, ``labelled``, ``positive`` (labelled with a lesion voxel),
         ``modalities`` ({modality: cases that have it}), ``geometry`` (reference spacing and size
-        ranges, x/y/z) and ``errors`` (one line per unusable case).
+        ranges, x/y/z), ``label_sources`` (PI-CAI: labelled cases per source), ``regions`` (BraTS
+        segmentation: labelled cases in which TC, WT, ET have at least one voxel) and ``errors``
+        (one line per unusable case).
     """
-    cases = discover(layout, root, labels_root, label_source, modalities)
+    kwargs = {"brats_labels": brats_labels} if brats_labels else {}
+    if label_source is not None:
+        kwargs["label_source"] = label_source
+    cases = discover(layout, root, labels_root, modalities=modalities, **kwargs)
     modalities = list(modalities or cases[0].images)
-    prep = preprocessing_for(layout, modalities, with_labels=True)
+    brats = layout == "brats"
+    prep = preprocessing_for(layout, modalities, with_labels=True, task="segmentation" if brats else "detection")
     errors: list[str] = []
     positive = 0
+    regions = Counter()
     spacings, sizes = [], []
-    for case in cases:
+    for case in progress(cases) if progress else cases:
         try:
             out = load_case(case.to_item(), prep)
         except DataError as e:
             errors.append(str(e))
             continue
-        grid = out["grid"]
-        spacings.append(grid[3:6])
-        sizes.append(grid[15:18])
+        grid = Grid.from_array(out["grid"])
+        spacings.append(grid.spacing)
+        sizes.append(grid.size)
         if "label" in out and out["label"].any():
             positive += 1
+            if brats:  # [TC, WT, ET]
+                regions.update(name for name, channel in zip(("TC", "WT", "ET"), out["label"]) if channel.any())
     presence = Counter(m for c in cases for m in c.present)
     geometry = {}
     if spacings:
@@ -57,6 +69,11 @@ def check_dataset(
         "positive": positive,
         "modalities": {m: presence.get(m, 0) for m in modalities},
         "geometry": geometry,
+        **({"label_sources": dict(Counter(c.label_source for c in cases if c.label is not None
+                                          and getattr(c, "label_source", None)))} if layout != "brats" else {}),
+        **({"regions": {r: regions.get(r, 0) for r in ("TC", "WT", "ET")},
+            "label_convention": sorted({c.label_convention for c in cases if getattr(c, "label_convention", None)})}
+           if brats else {}),
         "errors": errors,
     }
 

@@ -1,0 +1,34 @@
+"""``medssl check ROOT --layout L``: read every case without training and summarise the data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    from medssl.data.check import check_dataset, format_summary
+    from medssl.data.layouts import LAYOUTS
+    from medssl.progress import progress
+
+    parser = argparse.ArgumentParser(prog="medssl check", description="Read every case and summarise the data.")
+    parser.add_argument("root", help="data root (PI-CAI: the folder holding images/; datalist: the file)")
+    parser.add_argument("--layout", choices=list(LAYOUTS), required=True)
+    parser.add_argument("--labels", default=None, help="PI-CAI picai_labels folder (default: beside images/)")
+    parser.add_argument("--label-source", "--data.label_source", dest="label_source", default=None,
+                        choices=["human_expert", "AI", "human_expert+AI"],
+                        help="PI-CAI labels (default human_expert+AI: expert where present, else AI-derived)")
+    parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", default=None,
+                        choices=["2021", "2023"], help="BraTS label convention (default: from the file naming)")
+    parser.add_argument("--modalities", default=None, help="comma-separated modalities (datalist)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = parser.parse_args(argv)
+    modalities = args.modalities.split(",") if args.modalities else None
+    summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities,
+                            brats_labels=args.brats_labels,
+                            progress=lambda cases: progress(cases, "medssl check", total=len(cases)))
+    for line in summary["errors"]:
+        print(f"medssl: error: {line}", file=sys.stderr)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 1 if summary["errors"] else 0

@@ -1,0 +1,87 @@
+"""``medssl evaluate``: score a folder of predictions against labels (PI-CAI protocol or BraTS regions).
+
+    medssl evaluate --predictions DIR (--labels LABELS | --layout picai --data.root ROOT [--data.labels_root L])
+        [--task detection|segmentation] [--missing error|empty] [--compare OTHER_DIR] [--output OUT] [--json]
+
+All logic is in ``medssl.evaluation.evaluate``; this module parses, calls it and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _parser() -> argparse.ArgumentParser:
+    from medssl.data.layouts import LAYOUTS, PICAI_LABEL_SOURCES
+
+    parser = argparse.ArgumentParser(
+        prog="medssl evaluate",
+        description="Score <case_id>.nii.gz (or .mha) maps against labels: detection maps with picai_eval "
+                    "(AUROC, AP, PI-CAI score, FROC, 95% bootstrap CIs), BraTS label maps with Dice and HD95 "
+                    "per region (TC, WT, ET).")
+    parser.add_argument("--predictions", required=True, metavar="DIR",
+                        help="folder of <case_id>.nii.gz maps (medssl infer's OUT)")
+    labels = parser.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", metavar="LABELS",
+                        help="folder of <case_id>.nii.gz label maps (e.g. picai_labels/csPCa_lesion_delineations/"
+                             "human_expert/resampled)")
+    labels.add_argument("--layout", choices=LAYOUTS, help="find the labels by case discovery under --data.root")
+    parser.add_argument("--data.root", dest="root", metavar="ROOT", help="data root of --layout (datalist: the file)")
+    parser.add_argument("--data.labels_root", dest="labels_root", metavar="DIR", help="PI-CAI picai_labels folder "
+                        "(default: beside images/)")
+    parser.add_argument("--data.label_source", "--label-source", dest="label_source", default=None,
+                        choices=PICAI_LABEL_SOURCES,
+                        help="PI-CAI labels (default: discovery's, human_expert+AI, the published cohort)")
+    parser.add_argument("--task", choices=["detection", "segmentation"], default=None,
+                        help="default: segmentation for --layout brats, else detection")
+    parser.add_argument("--missing", choices=["error", "empty"], default="error",
+                        help="a labelled case without a map: refuse (default) or score it as an empty map")
+    parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", choices=["2021", "2023"],
+                        default=None,
+                        help="segmentation label convention: enhancing tumour 4 (2021) or 3 (2023); "
+                             "default: read from each map's values")
+    parser.add_argument("--compare", metavar="OTHER_DIR", default=None,
+                        help="second predictions folder: paired bootstrap of this minus that on the same cases")
+    parser.add_argument("--output", default=None, metavar="OUT",
+                        help="write evaluation.json, evaluation.md and plots here")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="picai_eval threads (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from medssl.errors import ConfigError
+    from medssl.evaluation.evaluate import (
+        discover_labels,
+        evaluate_predictions,
+        format_result,
+        write_evaluation_report,
+    )
+
+    args = _parser().parse_args(argv)
+    for name in ("bootstrap", "workers"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} {getattr(args, name)}: give 1 or more")
+    reference = None
+    if args.layout is not None:
+        if args.root is None:
+            raise ConfigError(f"--layout {args.layout} needs --data.root (the data set's root folder)")
+        labels, reference = discover_labels(args.layout, args.root, args.labels_root, args.label_source)
+    else:
+        if args.root or args.labels_root or args.label_source:
+            raise ConfigError("--data.root, --data.labels_root and --data.label_source go with --layout, not --labels")
+        labels = args.labels
+    task = args.task or ("segmentation" if args.layout == "brats" else "detection")
+    result = evaluate_predictions(
+        args.predictions, labels, task=task, missing=args.missing, label_reference=reference,
+        compare_with=args.compare, brats_labels=args.brats_labels, n_bootstrap=args.bootstrap,
+        num_parallel_calls=args.workers)
+    if args.output is not None:
+        write_evaluation_report(args.output, result)
+    print(json.dumps(result) if args.json else format_result(result))
+    if args.output is not None and not args.json:
+        plots = ", roc.png, pr.png, froc.png" if task == "detection" else ""
+        print(f"wrote {args.output}: evaluation.json, evaluation.md{plots}")
+    return 0

@@ -1,0 +1,31 @@
+"""``medssl synth picai|brats OUT``: synthetic data in a real layout (refuses a non-empty OUT)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str]) -> int:
+    from medssl.data.synth import synth_brats, synth_picai
+
+    parser = argparse.ArgumentParser(prog="medssl synth", description="Write synthetic data in a real layout.")
+    parser.add_argument("layout", choices=["picai", "brats"])
+    parser.add_argument("out", help="destination folder (new or empty)")
+    parser.add_argument("--cases", type=int, default=None, help="number of cases (30 PI-CAI, 12 BraTS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-patient", type=int, default=None,
+                        help="PI-CAI: the first patient id (default 10000); give another range to a second set, e.g. "
+                             "an unlabelled archive, so no patient is in both")
+    parser.add_argument("--difficulty", choices=["easy", "realistic"], default="easy",
+                        help="PI-CAI: easy (clear lesions, the tests' default) or realistic (small, low-contrast "
+                             "lesions, bias fields, Rician noise, misregistration, benign look-alikes)")
+    args = parser.parse_args(argv)
+    if args.cases is not None and args.cases < 1:
+        parser.error(f"--cases {args.cases}: give 1 or more")
+    if args.layout == "picai":
+        extra = {} if args.first_patient is None else {"first_patient": args.first_patient}
+        ids = synth_picai(args.out, cases=args.cases or 30, seed=args.seed, difficulty=args.difficulty, **extra)
+    else:
+        ids = synth_brats(args.out, cases=args.cases or 12, seed=args.seed)
+    print(f"wrote {len(ids)} synthetic {args.layout} cases to {args.out}")
+    return 0
