@@ -141,6 +141,7 @@ def load_weights(
     *,
     unknown_kind: Callable[[str], str] | None = None,
     mismatch_kind: Callable[[str], str] | None = None,
+    name: str | None = None,
 ) -> dict[str, list[str]]:
     """Load weights into ``model`` the one way medssl does (timm's shape): unwrap, filter, match, report.
 
@@ -152,6 +153,7 @@ def load_weights(
         strict: fail when any model tensor stays at its init or any source tensor is unused or of
             another shape.
         unknown_kind, mismatch_kind: see ``match_state_dict``.
+        name: how the source is named in messages (default: its path).
 
     Returns:
         The report (``loaded``, ``skipped``, ``unexpected``, ``mismatched``, ``missing``), also logged.
@@ -159,7 +161,7 @@ def load_weights(
     Raises:
         CheckpointError: nothing loads, or ``strict`` and something does not match.
     """
-    name = str(source) if isinstance(source, str | os.PathLike) else "checkpoint"
+    name = name or (str(source) if isinstance(source, str | os.PathLike) else "checkpoint")
     checkpoint = load_checkpoint(source) if isinstance(source, str | os.PathLike) else dict(source)
     state = state_dict_of(checkpoint)
     if filter_fn is not None:

@@ -49,3 +49,19 @@ def run_medssl(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpr
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "medssl", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+def cv_workers(out: Path) -> list[str]:
+    """Process ids of the ``medssl cv --workers`` fold processes writing under ``out``."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--worker-dir {out}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def wait_for_cv_workers(proc: subprocess.Popen, out: Path, n: int = 2, timeout: float = 300) -> None:
+    """Wait until ``n`` fold workers of ``proc`` (a ``medssl cv --workers`` run into ``out``) are running."""
+    import time
+
+    deadline = time.time() + timeout
+    while len(cv_workers(out)) < n:
+        assert proc.poll() is None and time.time() < deadline, "the workers never started"
+        time.sleep(0.5)

@@ -11,6 +11,7 @@ from medssl.models.transfer import transfer_weights
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+RECIPES = [c for c in CONFIGS if c.split("/")[1] in ("pretrain", "finetune")]
 NETS = {  # the finetune configs of the BM-MAE / comparator pairs and what they build
     "configs/finetune/bmmae_brats.yaml": "BMMAEUNETR",
     "configs/finetune/bmmae_brats_tiny.yaml": "BMMAEUNETR",
@@ -38,7 +39,7 @@ def test_configs_found():
     assert any(c.startswith("configs/pretrain/") for c in CONFIGS)
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", RECIPES)
 def test_config_instantiates(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not into the repository
     cli = MedsslCLI(args=["--config", str(REPO / config), "--data.root", "/x"], run=False)
@@ -177,3 +178,39 @@ def test_picai_recipe_decays_the_learning_rate_over_a_short_fit(small_picai, tmp
     assert seen[0] == pytest.approx(lr)
     assert seen == sorted(seen, reverse=True) and seen[-1] < seen[0]
     assert seen[1] == pytest.approx(lr * (1 - 1 / 3) ** 0.95)
+
+
+OVERLAYS = {  # overlay -> the recipe it is stacked on in this test, and what it must change
+    "configs/trainer/cpu_smoke.yaml": ("configs/finetune/cswin_picai.yaml", lambda cli: cli.trainer.max_epochs == 1),
+    "configs/data/picai_public.yaml": ("configs/finetune/cswin_picai_tiny.yaml",
+                                       lambda cli: cli.datamodule.split_file == "picai_public"),
+    "configs/data/brats2023.yaml": ("configs/finetune/bmmae_brats_tiny.yaml",
+                                    lambda cli: cli.datamodule.brats_labels == "2023"),
+    "configs/net/bmmae_official.yaml": ("configs/finetune/bmmae_brats_tiny.yaml",
+                                        lambda cli: cli.model.net.encoder.axis_order == "xyz"
+                                        and cli.datamodule.voxel_aligned),
+    "configs/system/select_poly.yaml": ("configs/finetune/unet_picai_tiny.yaml",
+                                        lambda cli: cli.model.hparams.lr_schedule == "poly"),
+}
+
+
+def test_every_overlay_is_tested():
+    overlays = {c for c in CONFIGS if c.split("/")[1] in ("trainer", "data", "net", "system")}
+    assert overlays == set(OVERLAYS) | {"configs/trainer/gpu_bf16.yaml"}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlays_stack_on_the_recipes(overlay):
+    recipe, changed = OVERLAYS[overlay]
+    cli = MedsslCLI(args=["--config", str(REPO / recipe), "--config", str(REPO / overlay), "--data.root", "/x"],
+                    run=False)
+    assert changed(cli)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the overlay simply works")
+def test_gpu_overlay_without_a_gpu_is_one_line():
+    from medssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gpu"):
+        MedsslCLI(args=["--config", str(REPO / "configs/finetune/cswin_picai_tiny.yaml"), "--config",
+                        str(REPO / "configs/trainer/gpu_bf16.yaml"), "--data.root", "/x"], run=False)

@@ -12,7 +12,7 @@ import torch
 from picai_eval import evaluate
 
 from medssl.data.layouts import discover
-from tests.conftest import REPO, run_medssl
+from tests.conftest import REPO, cv_workers, run_medssl, wait_for_cv_workers
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
@@ -171,7 +171,6 @@ def test_terminated_cv_stops_its_workers(picai_root, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "out"
     args = cv_args(picai_root, out, tmp_path / "cache", "--workers", "2", "--trainer.max_epochs", "50")
@@ -179,14 +178,10 @@ def test_terminated_cv_stops_its_workers(picai_root, tmp_path):
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
     def workers() -> list[str]:
-        found = subprocess.run(["pgrep", "-f", "--", f"--worker-dir {out}"], capture_output=True, text=True)
-        return found.stdout.split()
+        return cv_workers(out)
 
     try:
-        deadline = time.time() + 300
-        while len(workers()) < 2:
-            assert proc.poll() is None and time.time() < deadline, "the workers never started"
-            time.sleep(0.5)
+        wait_for_cv_workers(proc, out)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) != 0
         assert workers() == []
@@ -241,3 +236,18 @@ def test_label_fractions_are_nested_patient_grouped_and_validate_the_same_cases(
         assert score["cases"] == len(validated[row["fraction"], "pretrained"])
     assert (out / "label_efficiency.png").is_file()
     assert "## Label efficiency" in (out / "cv_report.md").read_text()
+
+
+def test_infer_cv_uses_every_folds_reported_checkpoint(cv_run, picai_root, tmp_path):
+    from medssl.data.synth import synth_picai
+
+    new = tmp_path / "new"
+    synth_picai(new, cases=2, seed=31, first_patient=95000)
+    result = run_medssl("infer", "--cv", str(cv_run / "out"), "--data.root", str(new), "--output",
+                        str(tmp_path / "pred"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    folds = sorted((cv_run / "out").glob("fold_*/fold_result.json"))
+    reported = [json.loads(p.read_text())["checkpoint"] for p in folds]
+    assert [m["checkpoint"] for m in record["models"]] == reported and len(reported) == 3
+    assert len(record["cases"]) == 2

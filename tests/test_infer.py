@@ -183,3 +183,60 @@ def test_test_subcommand_prints_the_validation_metrics(detection_run, picai_root
                         cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "test/auroc" in result.stdout and "test/ap" in result.stdout and "test/score" in result.stdout
+
+
+def make_prostate158(picai: Path, root: Path) -> dict[str, bool]:
+    """Prostate158 as published, from a synthetic PI-CAI set: t2/adc/dwi NIfTI, the tumour label on the ADC grid,
+    the split CSVs. Returns case id -> whether its ADC-grid tumour label has a lesion voxel."""
+    from medssl.data.geometry import Grid, resample
+
+    columns = ["ID", "t2", "adc", "dwi", "t2_anatomy_reader1", "adc_tumor_reader1"]
+    rows, positive = [], {}
+    for k, case in enumerate(sorted(discover("picai", picai), key=lambda c: c.case_id)):
+        if case.label is None:
+            continue
+        case_id = f"{20 + k:03d}"
+        folder = root / "train" / case_id
+        folder.mkdir(parents=True)
+        for src, name in (("t2w", "t2"), ("adc", "adc"), ("hbv", "dwi")):
+            sitk.WriteImage(sitk.ReadImage(case.images[src]), str(folder / f"{name}.nii.gz"))
+        adc_grid = Grid.from_file(case.images["adc"])
+        tumour = resample(sitk.ReadImage(case.label), adc_grid, nearest=True)
+        positive[case_id] = bool((tumour >= 1).any())
+        name = "adc_tumor_reader1" if positive[case_id] else "empty"
+        sitk.WriteImage(adc_grid.image(tumour.astype(np.uint8)), str(folder / f"{name}.nii.gz"))
+        t2 = sitk.ReadImage(case.images["t2w"])
+        sitk.WriteImage(Grid.from_image(t2).image(np.zeros(Grid.from_image(t2).shape_zyx, np.uint8)),
+                        str(folder / "t2_anatomy_reader1.nii.gz"))
+        rel = f"train/{case_id}"
+        rows.append([case_id, f"{rel}/t2.nii.gz", f"{rel}/adc.nii.gz", f"{rel}/dwi.nii.gz",
+                     f"{rel}/t2_anatomy_reader1.nii.gz", f"{rel}/{name}.nii.gz"])
+    (root / "train.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n", encoding="utf-8-sig")
+    return positive
+
+
+def test_prostate158_check_infer_evaluate(detection_run, tmp_path):
+    """A PI-CAI-trained model runs unchanged on Prostate158: check counts it, infer writes maps in each case's T2W
+    geometry, evaluate scores them against the ADC-grid labels resampled onto T2W, as picai_eval does."""
+    picai = tmp_path / "picai"
+    synth_picai(picai, cases=8, seed=21, first_patient=90000)
+    p158 = tmp_path / "p158"
+    positive = make_prostate158(picai, p158)
+    check = run_medssl("check", str(p158), "--layout", "prostate158", "--json", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    summary = json.loads(check.stdout)
+    assert summary["cases"] == summary["labelled"] == len(positive)
+    assert summary["positive"] == sum(positive.values())
+    out = tmp_path / "out"
+    infer = run_medssl("infer", "--checkpoint", str(detection_run), "--data.layout", "prostate158", "--data.root",
+                       str(p158), "--output", str(out), cwd=tmp_path)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    for case_id in positive:
+        t2 = sitk.ReadImage(str(p158 / "train" / case_id / "t2.nii.gz"))
+        assert _same_geometry(sitk.ReadImage(str(out / f"{case_id}.nii.gz")), t2)
+    scored = run_medssl("evaluate", "--predictions", str(out), "--layout", "prostate158", "--data.root", str(p158),
+                        "--json", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    result = json.loads(scored.stdout)
+    assert result["cases"] == len(positive) and result["positives"] == sum(positive.values())
+    assert {"auroc", "ap", "score"} <= set(result)

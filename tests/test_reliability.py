@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_medssl
+from tests.conftest import REPO, cv_workers, run_medssl, wait_for_cv_workers
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
@@ -175,14 +175,10 @@ def test_killed_cv_parent_takes_its_workers_with_it(picai_root, tmp_path):
     proc = start(args, tmp_path)
 
     def workers() -> list[str]:
-        found = subprocess.run(["pgrep", "-f", "--", f"--worker-dir {out}"], capture_output=True, text=True)
-        return found.stdout.split()
+        return cv_workers(out)
 
     try:
-        deadline = time.time() + 300
-        while len(workers()) < 2:
-            assert proc.poll() is None and time.time() < deadline, "the workers never started"
-            time.sleep(0.5)
+        wait_for_cv_workers(proc, out)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 60

@@ -32,6 +32,7 @@ from medssl.data.splits import default_split_file, load_or_make_folds, training_
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
 from medssl.errors import ConfigError, DataError, MedsslError, find_user_error, one_line
 from medssl.io import write_json
+from medssl.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class MRIDataModule(LightningDataModule):
         """Preprocess every case once (filling the disk cache); returns case id -> problem for unusable ones."""
         dataset = _Screen(self.make_dataset(cases, self.with_labels, train=False))
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=lambda x: x)
-        return {case_id: error for case_id, error in loader if error}
+        return {case_id: error for case_id, error in progress(loader, "reading cases", total=len(dataset)) if error}
 
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node before setup: the cache is filled once, not per rank.

@@ -281,7 +281,7 @@ def picai_label_dirs(labels: Path | None, label_source: str) -> list[tuple[str, 
             raise DataError(f"no {label_source} label folder {PICAI_LABEL_DIRS[wanted[0]]}", path=str(labels))
         for s, d in dirs:
             if (s, d) not in present:
-                logger.warning("%s: no %s label folder, so no case gets a %s label", d, s, s)
+                logger.warning("%s: no %s label folder, so no case gets its label from there", d, s)
         return present
     kind = _plain_label_kind(labels)
     if label_source != "human_expert+AI" and kind != "user" and kind != label_source:

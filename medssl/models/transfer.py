@@ -34,9 +34,9 @@ def transfer_weights(net: nn.Module, path: str) -> tuple[dict[str, list[str]], d
     checkpoint = load_checkpoint(path)
     metadata = checkpoint.get("medssl", {}) if isinstance(checkpoint.get("medssl"), dict) else {}
     if isinstance(net, cswin_unet.CSwinUNet):
-        report = load_weights(net, checkpoint, cswin_unet.checkpoint_filter_fn)
+        report = load_weights(net, checkpoint, cswin_unet.checkpoint_filter_fn, name=str(path))
     elif isinstance(getattr(net, "encoder", None), bmmae.BMMAE):
         report = bmmae.load_encoder_weights(net.encoder, checkpoint)
     else:  # MONAI comparators: same names after the wrapper prefixes, same shapes
-        report = load_weights(net, checkpoint)
+        report = load_weights(net, checkpoint, name=str(path))
     return report, metadata

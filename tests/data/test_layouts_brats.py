@@ -6,17 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
 from medssl.data.layouts import BRATS_ET_LABEL, discover, discover_brats
 from medssl.errors import ConfigError, DataError
-
-
-def tiny_image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 3), np.uint8)), str(path))
-    return path
+from tests.data.helpers import tiny_image
 
 
 def brats2023(root: Path, case: str, tails=("t1n", "t1c", "t2w", "t2f", "seg")) -> Path:

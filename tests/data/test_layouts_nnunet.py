@@ -6,18 +6,11 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from medssl.data.layouts import discover
 from medssl.errors import ConfigError, DataError
-
-
-def tiny_image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 3), np.uint8)), str(path))
-    return path
+from tests.data.helpers import tiny_image
 
 
 @pytest.fixture

@@ -5,21 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from medssl.data.layouts import discover
 from medssl.errors import ConfigError, DataError
+from tests.data.helpers import tiny_image
 
 EXPERT = "picai_labels/csPCa_lesion_delineations/human_expert/resampled"
 AI = "picai_labels/csPCa_lesion_delineations/AI/Bosma22a"
-
-
-def tiny_image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 3), np.uint8)), str(path))
-    return path
 
 
 @pytest.fixture

@@ -5,21 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from medssl.data.layouts import LABEL_MAX, MODALITIES, REFERENCE_ORDER, discover
 from medssl.errors import DataError
+from tests.data.helpers import tiny_image
 
 COLUMNS = ["ID", "t2", "adc", "dwi", "t2_anatomy_reader1", "t2_tumor_reader1", "adc_tumor_reader1",
            "t2_anatomy_reader2", "adc_tumor_reader2"]
-
-
-def tiny_image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 3), np.uint8)), str(path))
-    return path
 
 
 def case_folder(root: Path, split: str, case_id: str, tumour: bool) -> list[str]:
