@@ -54,8 +54,8 @@ def fold_args(job: FoldJob, split_file: Path, quiet: bool = True) -> list[str]:
     """The overrides that make the recipe one fold of this cv run."""
     args = ["--data.fold", str(job.fold), "--data.split_file", str(split_file),
             "--trainer.default_root_dir", str(job.fold_dir)]
-    if job.fraction < 1:
-        args += ["--data.train_fraction", repr(job.fraction)]
+    # always given, so a --data.train_fraction among the overrides cannot train a fold the identity calls whole
+    args += ["--data.train_fraction", repr(job.fraction)]
     if quiet:  # one model summary per fold is noise; --verbose brings it back
         args += ["--trainer.enable_model_summary", "false"]
     if job.scratch:
@@ -100,7 +100,7 @@ def run_fold(configs: Sequence[str], overrides: Sequence[str], job: FoldJob, spl
              selection: str = "last", identity: dict[str, Any] | None = None, verbose: bool = False) -> dict:
     """Finetune and predict one fold; returns (and saves) its result record."""
     from medssl.checkpoint import load_checkpoint, state_dict_of
-    from medssl.runs import build_cli, file_sha256
+    from medssl.runs import Run, build_cli, file_sha256
     from medssl.systems.finetune import DetectionSystem
 
     cli = build_cli(configs, [*overrides, *fold_args(job, split_file, quiet=not verbose)])
@@ -110,12 +110,16 @@ def run_fold(configs: Sequence[str], overrides: Sequence[str], job: FoldJob, spl
                           "medssl.systems.finetune.DetectionSystem")
     best = _checkpoint_callback(trainer, job.fold_dir)
     trainer.callbacks.append(FoldStatus(job))
-    last = job.fold_dir / "checkpoints" / "last.ckpt"
+    last = Run(job.fold_dir).last
     if last.is_file():
         load_checkpoint(last)  # a planted or foreign last.ckpt is refused here, before Lightning opens it
         logger.info("%s fold %d: resuming from %s", job.run, job.fold, last)
     trainer.fit(system, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
-    if selection == "best" and best.best_model_path and Path(best.best_model_path).is_file():
+    if selection == "best":
+        if not (best.best_model_path and Path(best.best_model_path).is_file()):
+            raise ConfigError(f"{job.run} fold {job.fold}: --selection best needs a validation score during "
+                              "training, and none was logged (trainer.limit_val_batches 0 or no validation epoch?); "
+                              "use --selection last")
         chosen = Path(best.best_model_path)
     else:
         chosen = last
@@ -144,7 +148,10 @@ def run_fold(configs: Sequence[str], overrides: Sequence[str], job: FoldJob, spl
         "skipped_cases": dict(dm.skipped_cases),
         "train_cases": len(dm.train_cases),
         "train_case_ids": [c.case_id for c in dm.train_cases],
+        "train_fraction": job.fraction,
         "identity": identity,
+        "provenance": {"label_source": dm.label_source, "split_file": str(split_file), "selection": selection,
+                       "init_from": init_from, "versions": _versions(), "device": _device_name()},
     }
     write_json(job.fold_dir / DONE, record)  # written last: a fold with this file is finished
     return record
@@ -256,7 +263,11 @@ def _run_pool(configs, overrides, output, workers, gpus, pending, running, free_
                 env["CUDA_VISIBLE_DEVICES"] = str(_visible_gpu(slot % gpus))
             elif "OMP_NUM_THREADS" not in env:  # CPU folds side by side: share the cores, do not oversubscribe
                 env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-            log = (job.fold_dir / "worker.log").open("w")
+            try:
+                log = (job.fold_dir / "worker.log").open("w")
+            except OSError as e:
+                raise MedsslError(f"{job.fold_dir / 'worker.log'}: cannot write the fold's log ({e.strerror or e})") \
+                    from None
             logger.info("%s fold %d: running in worker %d%s (log: %s)", job.run, job.fold, slot,
                         f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else "", job.fold_dir / "worker.log")
             proc = subprocess.Popen(_worker_command(configs, overrides, job, output, selection, verbose), env=env,
@@ -304,6 +315,13 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _device_name() -> str:
+    import torch
+
+    return (f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+            else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+
+
 def _prepare_split(dm, output: Path, overwrite: bool) -> tuple[Path, list[list[str]], dict[str, Any]]:
     """The folds this cv validates, kept in ``OUTPUT/splits.json``.
 
@@ -328,6 +346,9 @@ def _prepare_split(dm, output: Path, overwrite: bool) -> tuple[Path, list[list[s
             write_json(split_file, {"n_folds": len(folds), "source": source, "folds": folds})
             kept = read_json(split_file, "split file")
     else:
+        if overwrite and kept is not None and not (isinstance(kept, dict) and isinstance(kept.get("source"), dict)):
+            split_file.unlink()  # folds made from the seed: remade from the data (the same folds for the same data)
+            kept = None
         recorded = kept.get("source") if isinstance(kept, dict) else None
         source = recorded if isinstance(recorded, dict) else None
         seed = kept.get("seed") if isinstance(kept, dict) else None
@@ -361,7 +382,9 @@ def run_cv(configs: Sequence[str], overrides: Sequence[str], folds: list[int] | 
 
     if selection not in SELECTIONS:
         raise ConfigError(f"--selection {selection!r}: choose last (the final checkpoint) or best")
-    output = Path(output)
+    if folds is not None and len(set(folds)) != len(folds):
+        raise ConfigError(f"--folds {folds}: each fold once")
+    output = Path(output).resolve()  # the records hold absolute paths, whatever the working folder
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; give a folder")
     output.mkdir(parents=True, exist_ok=True)
@@ -373,6 +396,9 @@ def run_cv(configs: Sequence[str], overrides: Sequence[str], folds: list[int] | 
         raise ConfigError("medssl cv needs a detection system: set model.class_path to "
                           "medssl.systems.finetune.DetectionSystem")
     dm = probe.datamodule
+    if dm.train_fraction != 1.0:
+        raise ConfigError("medssl cv sets each fold's data.train_fraction itself; give --train-fractions "
+                          f"{dm.train_fraction:g},1.0 instead of --data.train_fraction")
     n_folds = dm.n_folds
     init_from = getattr(probe.model.hparams, "init_from", None)
     folds = list(range(n_folds)) if folds is None else folds
@@ -481,8 +507,6 @@ def write_report(output: Path, jobs: list[FoldJob], identities: dict, split_info
     """Score every fold's written maps with picai_eval and write ``cv_report.{json,md}`` with provenance."""
     from collections import Counter
 
-    import torch
-
     from medssl.evaluation.evaluate import labels_of_cases
     from medssl.evaluation.picai import evaluate_maps
     from medssl.evaluation.report import write_cv_report
@@ -505,8 +529,7 @@ def write_report(output: Path, jobs: list[FoldJob], identities: dict, split_info
     leaked = sorted({c for recs in results.values() for r in recs for c in r.get("leaked_cases", [])})
     labelled = [c for c in dm.cases if c.label is not None]
     sources = Counter(getattr(c, "label_source", None) or "unknown" for c in labelled)
-    device = (f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-              else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+    device = _device_name()
     provenance = {
         "label_source": getattr(dm, "label_source", None),
         "label_sources": dict(sources),
@@ -527,3 +550,13 @@ def write_report(output: Path, jobs: list[FoldJob], identities: dict, split_info
                          else "no validation case was in the pretraining data (or the checkpoint does not say)"},
              "provenance": provenance, **(extra or {})}
     return write_cv_report(output, results, extra)
+
+
+def run_worker(configs: Sequence[str], overrides: Sequence[str], output: str | Path, fold: int, fold_dir: str | Path,
+               run: str, scratch: bool, fraction: float, selection: str, verbose: bool) -> dict[str, Any]:
+    """One fold in a ``--workers`` process; the parent claimed its folder (its stamp) and wrote the split."""
+    from medssl.runs import Stamp
+
+    job = FoldJob(run, fold, Path(fold_dir), scratch, fraction)
+    identity = Stamp(job.fold_dir, STAMP).read()
+    return run_fold(configs, overrides, job, Path(output) / "splits.json", selection, identity, verbose)

@@ -47,11 +47,11 @@ from medssl.data.layouts import MODALITIES, Case
 from medssl.data.preprocess import Preprocessing
 from medssl.data.transforms import deterministic_transforms
 from medssl.errors import CheckpointError, ConfigError, find_user_error
-from medssl.io import save_npy, write_text
+from medssl.io import safe_child, save_npy, write_text
 from medssl.models import cswin_unet
 from medssl.models.bmmae import BMMAE, find_config
 from medssl.models.ssl_heads import CSwinSSLModel
-from medssl.runs import Stamp, file_sha256
+from medssl.runs import Stamp, file_sha256, fingerprint, output_is_recorded, record_output
 
 __all__ = ["Encoder", "case_transform", "load_encoder", "preprocess_case", "resolve_device", "run_embed"]
 
@@ -294,26 +294,32 @@ def run_embed(
         raise ConfigError(f"--pool cls: {checkpoint} is a CSwin UNet, which has no CLS token; use --pool mean")
     run_on = resolve_device(device)
     encoder.model.to(run_on).eval()
+    metadata = load_checkpoint(checkpoint).get("medssl") or {}
+    clip = metadata.get("clip_percentiles") if isinstance(metadata, dict) else None  # as the weights were trained
     data = MRIDataModule(layout=layout, root=str(root), labels_root=labels_root, modalities=list(encoder.modalities),
-                         spacing=encoder.spacing, spatial_size=encoder.spatial_size, cache_dir=None, augmentation=None)
+                         spacing=encoder.spacing, spatial_size=encoder.spatial_size, cache_dir=None, augmentation=None,
+                         clip_percentiles=clip)
     cases = data.discover()
     transform = case_transform(data.preprocessing(with_labels=False), encoder.voxel_aligned)
 
-    stamp = Stamp(out, STAMP)
-    before = stamp.read()
-    stamp.claim({"checkpoint_sha256": file_sha256(checkpoint), "pool": pool, "settings": encoder.settings()},
-                "embeddings", overwrite=overwrite)
-    reuse = before is not None and not overwrite  # claim refused a folder of other settings
+    identity = {"checkpoint_sha256": file_sha256(checkpoint), "pool": pool, "settings": encoder.settings(),
+                "clip_percentiles": clip, "layout": layout, "root": str(Path(root).resolve())}
+    Stamp(out, STAMP).claim(identity, "embeddings", overwrite=overwrite)
+    owner = fingerprint(identity)
     rows, computed = [], 0
     for case in progress(cases) if progress else cases:
-        target = out / f"{case.case_id}.npy"
+        target = safe_child(out, f"{case.case_id}.npy")
+        record_path = safe_child(out / ".cases", f"{case.case_id}.json")
+        inputs = case.to_item()["fingerprint"]
         present = [int(bool(case.images.get(m))) for m in encoder.modalities]
-        vector = _saved_vector(target, encoder.dim) if reuse and target.is_file() else None
+        recorded = output_is_recorded(target, record_path, inputs, owner)
+        vector = _saved_vector(target, encoder.dim) if recorded else None
         if vector is None:
             item = preprocess_case(transform, case)
             image = torch.as_tensor(item["image"], dtype=torch.float32)  # [C, D, H, W], z-scored
             vector = encoder.embed(image, [bool(p) for p in present], pool).astype(np.float32)
             save_npy(vector, target)
+            record_output(target, record_path, inputs, owner)
             computed += 1
             _logger.info("%s: embedded (%s)", case.case_id,
                          ", ".join(m for m, p in zip(encoder.modalities, present, strict=True) if p))

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -90,38 +89,36 @@ def predict_case(system, item: dict[str, Any], reference_path: str, case_id: str
 
 
 def cv_checkpoints(cv_dir: str | Path, run: str | None = None) -> list[Path]:
-    """The reported checkpoint of every finished fold of a ``medssl cv`` output.
+    """The reported checkpoint of every fold in a finished ``medssl cv`` output's report.
+
+    Only the folds ``cv_report.json`` reports are taken (folds another config left in the folder are not), each
+    checkpoint from its fold's own folder (so a moved or copied cv output uses its own weights).
 
     Args:
         cv_dir: the ``medssl cv --output`` folder.
-        run: ``pretrained`` or ``scratch``; ``None``: the output's main run (its top-level folds: the
-            pretrained run when cv had ``init_from``, else the from-scratch one). A twin's scratch run is
-            under ``scratch/``.
+        run: ``pretrained`` or ``scratch``; ``None``: the report's main run (the pretrained run when cv had
+            ``init_from``, else the from-scratch one). A twin's scratch run is under ``scratch/``.
     """
     cv_dir = Path(cv_dir)
-    top = sorted(cv_dir.glob("fold_*/fold_result.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    twin = sorted((cv_dir / "scratch").glob("fold_*/fold_result.json"),
-                  key=lambda p: int(p.parent.name.split("_")[-1]))
-    top_run = read_json(top[0], "fold record").get("run", "pretrained") if top else None
-    if run is None or run == top_run:
-        records, run = top, run or top_run
-    elif run == "scratch":
-        records = twin
-    else:
-        records = []
-    if not records:
-        raise ConfigError(f"--cv {cv_dir}: no finished fold (fold_*/fold_result.json) of the {run or 'main'} run"
-                          + (f" (its main run is {top_run})" if top_run else ""))
+    report_path = cv_dir / "cv_report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"--cv {cv_dir}: no cv_report.json (the cv has not finished, or this is not a cv output)")
+    report = read_json(report_path, "cv report")
+    main = report.get("main_run", "pretrained")
+    run = run or main
+    summary = report["runs"].get(run) if isinstance(report.get("runs"), dict) else None
+    if summary is None:
+        raise ConfigError(f"--cv {cv_dir}: its report has no {run} run (runs: {sorted(report.get('runs') or [])})")
+    base = cv_dir if run == main else cv_dir / "scratch"
     out = []
-    for path in records:
-        record = read_json(path, "fold record")
+    for fold in summary["folds"]:
+        record_path = base / f"fold_{fold['fold']}" / "fold_result.json"
+        record = read_json(record_path, "fold record")
         if record.get("run", run) != run:
-            raise ConfigError(f"{path} is a {record.get('run')} fold, not {run}")
-        checkpoint = Path(record["checkpoint"])
+            raise ConfigError(f"{record_path} is a {record.get('run')} fold, not {run}")
+        checkpoint = record_path.parent / "checkpoints" / Path(record["checkpoint"]).name
         if not checkpoint.is_file():
-            checkpoint = path.parent / "checkpoints" / checkpoint.name  # a cv output moved elsewhere
-        if not checkpoint.is_file():
-            raise ConfigError(f"{path}: its checkpoint {record['checkpoint']} is missing")
+            raise ConfigError(f"{record_path}: its checkpoint {checkpoint} is missing")
         out.append(checkpoint)
     logger.info("--cv %s: the %s run's %d fold checkpoints", cv_dir, run, len(out))
     return out
@@ -130,38 +127,19 @@ def cv_checkpoints(cv_dir: str | Path, run: str | None = None) -> list[Path]:
 def _settings(loaded) -> dict[str, Any]:
     dm, system = loaded.datamodule, loaded.system
     return {"layout": dm.layout, "modalities": list(dm.modalities), "spacing": dm.spacing and list(dm.spacing),
-            "spatial_size": dm.spatial_size and list(dm.spatial_size), "roi_size": system.hparams.roi_size,
-            "tta_flip": system.hparams.tta_flip, "task": system.task}
+            "spatial_size": dm.spatial_size and list(dm.spatial_size),
+            "clip_percentiles": dm.clip_percentiles and list(dm.clip_percentiles), "voxel_aligned": dm.voxel_aligned,
+            "roi_size": system.hparams.roi_size, "tta_flip": system.hparams.tta_flip, "task": system.task}
 
 
 def _check_same(loaded: list) -> None:
     first = _settings(loaded[0])
     for other in loaded[1:]:
         theirs = _settings(other)
-        for key in ("modalities", "spacing", "spatial_size", "task"):
+        for key in ("modalities", "spacing", "spatial_size", "clip_percentiles", "voxel_aligned", "task"):
             if theirs[key] != first[key]:
                 raise ConfigError(f"the models disagree on {key}: {loaded[0].checkpoint} has {first[key]}, "
                                   f"{other.checkpoint} has {theirs[key]}; an ensemble needs one preprocessing")
-
-
-def _map_is_recorded(out_path: Path, record_path: Path, inputs: str) -> bool:
-    """A rerun skips a map only when it is the one its record names and the inputs did not change."""
-    from medssl.runs import file_sha256
-
-    if not (out_path.is_file() and record_path.is_file()):
-        return False
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if record.get("inputs") != inputs:
-        logger.info("%s: its input images changed since the map was written; predicting again", out_path.stem)
-        return False
-    if record.get("sha256") != file_sha256(out_path):
-        logger.warning("%s: the map on disk is not the one written (truncated or edited); predicting again",
-                       out_path)
-        return False
-    return True
 
 
 def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: list[str] | None = None,
@@ -176,7 +154,15 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
         overwrite: redo a folder another model or other settings wrote.
         progress: an iterable wrapper (e.g. a progress bar) over the cases.
     """
-    from medssl.runs import Stamp, file_sha256, load_finetuned
+    from medssl.runs import (
+        Stamp,
+        computation_config,
+        file_sha256,
+        fingerprint,
+        load_finetuned,
+        output_is_recorded,
+        record_output,
+    )
 
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -191,8 +177,13 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
     task = settings["task"]
     output.mkdir(parents=True, exist_ok=True)
     models = [{"checkpoint": str(m.checkpoint), "sha256": file_sha256(m.checkpoint)} for m in loaded]
-    Stamp(output, ".medssl_infer.json").claim({"models": [m["sha256"] for m in models], "settings": settings},
-                                              "predictions", overwrite)
+    # what makes a map: the weights, every setting of each model's resolved config that changes what is computed
+    # (smoothing, windows, overlap, clipping, label convention ...), and the precision it runs in
+    identity = {"models": [m["sha256"] for m in models], "settings": settings,
+                "configs": [fingerprint(computation_config(m.config)) for m in loaded],
+                "precision": str(trainer.precision)}
+    owner = fingerprint(identity)
+    Stamp(output, ".medssl_infer.json").claim(identity, "predictions", overwrite)
 
     dataset = dm.make_dataset(cases, with_labels=False, train=False)
     reference = dm.preprocessing(False).reference_order
@@ -207,7 +198,7 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
         inputs = case.to_item()["fingerprint"]
         convention = "2023" if getattr(case, "label_convention", None) == "brats2023" else "2021"
         entry: dict[str, Any] = {"path": str(out_path), "reference": str(ref_path)}
-        if _map_is_recorded(out_path, record_path, inputs):
+        if output_is_recorded(out_path, record_path, inputs, owner):
             logger.info("%s: written before with these models and inputs, not predicted again", case.case_id)
             written = _read_array(out_path)
         else:
@@ -229,7 +220,7 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
                 prob = case_probability(systems, item)
             written = to_output(prob, Grid.from_array(np.asarray(item["grid"])), ref_path, task, convention)
             write_like(written, ref_path, out_path)
-            write_json(record_path, {"inputs": inputs, "sha256": file_sha256(out_path)})
+            record_output(out_path, record_path, inputs, owner)
             logger.info("%s: wrote %s", case.case_id, out_path)
         if task == "detection":
             entry["case_score"] = float(written.max())

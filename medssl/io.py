@@ -79,7 +79,7 @@ def atomic_target(path: str | os.PathLike, verify: Callable[[str], None] | None 
         except OSError as e:  # the write itself failed (full or read-only disk, ...)
             raise WriteError(f"{path}: writing failed, nothing was written ({e.strerror or e})") from None
         try:
-            if os.path.getsize(tmp) == 0:
+            if verify is None and os.path.getsize(tmp) == 0:  # a verify knows whether empty is right
                 raise WriteError(f"{path}: the written file is empty (disk full?)")
             if verify is not None:
                 verify(tmp)
@@ -97,14 +97,15 @@ def atomic_target(path: str | os.PathLike, verify: Callable[[str], None] | None 
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """``text`` (UTF-8) at ``path``, written atomically and read back."""
+    """``text`` (UTF-8, line endings as given) at ``path``, written atomically and read back."""
+    data = text.encode("utf-8")
 
     def verify(tmp: str) -> None:
-        if Path(tmp).read_text(encoding="utf-8") != text:
+        if Path(tmp).read_bytes() != data:
             raise WriteError(f"{path}: the written file differs from what was meant (disk full?)")
 
     with atomic_target(path, verify) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        Path(tmp).write_bytes(data)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -131,7 +132,8 @@ def write_image(image, path: str | os.PathLike, compress: bool = True) -> None:
         back = sitk.ReadImage(tmp)
         if not Grid.from_image(back).same_as(Grid.from_image(image), tol_mm=1e-4):
             raise WriteError(f"{path}: the written image's header differs from the image (disk full?)")
-        if not np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)):
+        written, meant = sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)
+        if not np.array_equal(written, meant, equal_nan=np.issubdtype(meant.dtype, np.floating)):
             raise WriteError(f"{path}: the written voxels differ from the image (disk full?)")
 
     with atomic_target(path, verify) as tmp:
@@ -145,8 +147,10 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically; the file is re-read with ``weights_only=True`` before the rename."""
     import torch
 
+    from medssl.checkpoint import load_checkpoint
+
     def verify(tmp: str) -> None:
-        torch.load(tmp, map_location="cpu", weights_only=True)
+        load_checkpoint(tmp)  # the safe loader every later read uses: what it cannot read is not kept
 
     with atomic_target(path, verify) as tmp:
         torch.save(obj, tmp)

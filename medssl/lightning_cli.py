@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import pickle
 import re
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -22,6 +23,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(path)
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        """Through medssl's atomic writer: written under a temporary name, read back safely, then renamed
+        (a full disk is one line, never a truncated ``last.ckpt`` that the next resume would trust)."""
+        from medssl.io import save_torch
+
+        save_torch(checkpoint, path)
 
 
 class MedsslSaveConfig(SaveConfigCallback):
@@ -180,3 +188,6 @@ class MedsslCLI(LightningCLI):
         except SystemExit:
             raise ConfigError(f"--ckpt_path {path}: its hyperparameters do not fit the config's model; give the "
                               "config it was trained with") from None
+        except pickle.UnpicklingError:  # Lightning re-reads it without medssl's allow-list of plain data types
+            raise CheckpointError(f"--ckpt_path {path}: holds numpy or argparse values Lightning cannot read back; "
+                                  "load its weights with --model.init_args.init_from instead") from None

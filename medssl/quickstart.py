@@ -42,6 +42,7 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
     """
     from lightning.pytorch import seed_everything
 
+    from medssl.checkpoint import load_checkpoint
     from medssl.cv import run_cv
     from medssl.data.synth import synth_picai
     from medssl.runs import Stamp, build_cli
@@ -70,7 +71,8 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
             synth_picai(folder, cases=n, seed=s, first_patient=first, difficulty=difficulty)
     pretrain_dir = output / "pretrain"
     ckpt = pretrain_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
+    done_epochs = int(load_checkpoint(ckpt).get("epoch", -1)) + 1 if ckpt.is_file() else 0
+    if done_epochs < pretrain_epochs:  # none yet, or an interrupted run: train (on from its last.ckpt)
         logger.info("quickstart: pretraining CSwin UNet on the archive (%d epochs)", pretrain_epochs)
         seed_everything(seed)
         cli = build_cli([configs / "pretrain" / "cswin_tiny.yaml"],
@@ -79,7 +81,7 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
         for cb in cli.trainer.checkpoint_callbacks:
             cb.dirpath = str(pretrain_dir / "checkpoints")
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     logger.info("quickstart: five-fold finetuning, pretrained and from scratch (%d epochs each)", finetune_epochs)
     report = run_cv([str(configs / "finetune" / "cswin_picai_tiny.yaml")],
                     ["--data.root", str(data), "--data.cache_dir", str(cache),

@@ -202,10 +202,17 @@ def check_compatible(metadata: Mapping[str, Any], dm, checkpoint: str | os.PathL
     A setting the checkpoint records must be given the same value: ``null`` (e.g. ``--data.spacing
     null``) where the checkpoint has a value is a mismatch, not a way around the check.
     """
-    ours = {"modalities": dm.modalities, "spacing": dm.spacing, "spatial_size": dm.spatial_size}
+    ours = {"modalities": dm.modalities, "spacing": dm.spacing, "spatial_size": dm.spatial_size,
+            "clip_percentiles": getattr(dm, "clip_percentiles", None)}
+    if "voxel_aligned" in metadata and bool(metadata["voxel_aligned"]) != bool(getattr(dm, "voxel_aligned", False)):
+        raise ConfigError(f"data.voxel_aligned is {getattr(dm, 'voxel_aligned', False)} but {checkpoint} was trained "
+                          f"with {metadata['voxel_aligned']}; set --data.voxel_aligned to match")
     for key, value in ours.items():
         saved = metadata.get(key)
         if saved is None:
+            if key == "clip_percentiles" and "clip_percentiles" in metadata and value is not None:
+                raise ConfigError(f"data.clip_percentiles is {list(value)} but {checkpoint} was trained without "
+                                  "clipping; set --data.clip_percentiles null")
             continue
         kind = object if key == "modalities" else float
         if value is None or not np.array_equal(np.asarray(saved, dtype=kind), np.asarray(list(value), dtype=kind)):
@@ -224,6 +231,7 @@ class Loaded:
     metadata: dict[str, Any]
     checkpoint: Path
     cases: list  # every case under data.root (medssl.data.layouts.Case)
+    config: dict  # the resolved config the system was built from
 
 
 def _config_sources(checkpoint: Path, saved: Mapping[str, Any], configs: Sequence[str] | None,
@@ -279,4 +287,32 @@ def load_finetuned(checkpoint: str | os.PathLike, configs: Sequence[str] | None 
         # the windows training validated with (the system reads them from the trainer's data module in fit)
         system.hparams.roi_size = list(dm.crop_size)
     system.to(trainer.strategy.root_device).eval()
-    return Loaded(system, dm, trainer, metadata, checkpoint, cases)
+    return Loaded(system, dm, trainer, metadata, checkpoint, cases, resolved_config(cli))
+
+
+def output_is_recorded(out_path: Path, record_path: Path, inputs: str, owner: str) -> bool:
+    """A rerun skips an output only when it is the file its record names (sha256), written by the same models and
+    settings (``owner``: a fingerprint of the folder's stamp) from the same inputs (their size and mtime)."""
+    if not (out_path.is_file() and record_path.is_file()):
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("owner") != owner:
+        return False  # written by other models or settings (an --overwrite run): computed again
+    if record.get("inputs") != inputs:
+        logger.info("%s: its input images changed since it was written; computing it again", out_path.name)
+        return False
+    if record.get("sha256") != file_sha256(out_path):
+        logger.warning("%s: the file on disk is not the one written (truncated or edited); computing it again",
+                       out_path)
+        return False
+    return True
+
+
+def record_output(out_path: Path, record_path: Path, inputs: str, owner: str) -> None:
+    """The record ``output_is_recorded`` checks, written after ``out_path`` is complete."""
+    from medssl.io import write_json
+
+    write_json(record_path, {"inputs": inputs, "sha256": file_sha256(out_path), "owner": owner})

@@ -18,9 +18,8 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def main(argv: list[str]) -> int:
-    from medssl.cv import STAMP, FoldJob, run_cv, run_fold
+    from medssl.cv import run_cv, run_worker
     from medssl.progress import quiet_lightning
-    from medssl.runs import Stamp
 
     parser = argparse.ArgumentParser(
         prog="medssl cv", description="Patient-grouped k-fold finetuning with PI-CAI evaluation. Any other "
@@ -50,11 +49,8 @@ def main(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
     if args.worker_fold is not None:
-        job = FoldJob(args.worker_run, args.worker_fold, Path(args.worker_dir), args.worker_scratch,
-                      args.worker_fraction)
-        identity = Stamp(Path(args.worker_dir), STAMP).read()  # the parent claimed the fold folder
-        run_fold(args.config, overrides, job, Path(args.output) / "splits.json", args.selection, identity,
-                 args.verbose)
+        run_worker(args.config, overrides, args.output, args.worker_fold, args.worker_dir, args.worker_run,
+                   args.worker_scratch, args.worker_fraction, args.selection, args.verbose)
         return 0
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give 1 or more")

@@ -31,6 +31,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
+    if args.run and not args.cv:
+        raise ConfigError("--run chooses a run of a --cv output; with --checkpoint leave it out")
     checkpoints = cv_checkpoints(args.cv, args.run) if args.cv else args.checkpoint
     if args.cv and args.config:
         raise ConfigError("--cv takes each fold's config from its checkpoint; leave out --config")

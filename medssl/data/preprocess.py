@@ -28,8 +28,8 @@ from medssl.data.layouts import BRATS_ET_LABEL, LABEL_MAX, REFERENCE_ORDER
 from medssl.errors import DataError, one_line
 
 # 2: items carry their reference image's path; 3: incomplete files, impossible geometry and modalities off the
-# target grid are refused (a cache built from a cut file must not be reused)
-PREPROCESS_VERSION = 3
+# target grid are refused (a cache built from a cut file must not be reused); 4: items carry their label convention
+PREPROCESS_VERSION = 4
 MAX_CASE_BYTES = 16 * 2**30  # one preprocessed case larger than this is a spacing mistake, not data
 
 
@@ -261,6 +261,7 @@ def load_case(item: dict[str, Any], prep: Preprocessing) -> dict[str, Any]:
         "image": np.stack(channels),  # [C, D, H, W]
         "modality_mask": np.array(mask, dtype=bool),
         "reference": item["images"][ref_name],  # the file whose grid predictions go back to
+        "label_convention": item.get("label_convention") or "",  # BraTS: the label values predictions are written in
         "grid": grid.to_array(),  # Grid.from_array(item["grid"]); arrays collate, dataclasses do not
     }
     if prep.label_mode != "none" and item.get("label"):

@@ -18,8 +18,8 @@ noise, partial volume, and a few millimetres of patient motion between T2W and t
 from __future__ import annotations
 
 import csv
+import io
 import itertools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medssl.errors import ConfigError
+from medssl.io import write_image, write_text
 
 T2W_SPACINGS = ((0.5, 0.5, 3.0), (0.3, 0.3, 3.6), (0.4, 0.4, 3.0), (0.342, 0.342, 3.0))  # x, y, z mm
 MARKSHEET_COLUMNS = (
@@ -83,10 +84,7 @@ def _write(array: np.ndarray, path: Path, spacing, origin, direction) -> None:
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
     image.SetDirection(tuple(float(d) for d in np.asarray(direction).ravel()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp_" + path.name)
-    sitk.WriteImage(image, str(tmp), useCompression=True)
-    os.replace(tmp, path)
+    write_image(image, path)  # compressed, atomically, read back before the rename
 
 
 def _ellipsoid(world: np.ndarray, centre, radii) -> np.ndarray:
@@ -433,13 +431,11 @@ def synth_picai(
         })
     # written last and atomically: a marksheet says the set is complete (the quickstart relies on it)
     marksheet = out / "picai_labels" / "clinical_information" / "marksheet.csv"
-    marksheet.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marksheet.with_name(".tmp_" + marksheet.name)
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MARKSHEET_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, marksheet)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=MARKSHEET_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(marksheet, text.getvalue())
     return case_ids
 
 

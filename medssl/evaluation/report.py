@@ -395,7 +395,7 @@ def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, A
              "| fraction | training cases (mean per fold) | " + " | ".join(
                  f"{name} score [95% CI]" for name in dict.fromkeys(r for row in rows for r in row["runs"]))
              + " | difference [95% CI] | p | cases | verdict |",
-             "|" + "---|" * (5 + len({r for row in rows for r in row["runs"]}))]
+             "|" + "---|" * (6 + len({r for row in rows for r in row["runs"]}))]
     for row in rows:
         cells = [f"{row['fraction']:g}",
                  " / ".join(f"{run['mean_train_cases']:.1f}" for run in row["runs"].values())]

@@ -10,11 +10,6 @@ import torch
 from lightning.pytorch import LightningModule
 from monai.optimizers import WarmupCosineSchedule
 
-# Lightning warns whenever a module overrides transfer_batch_to_device next to a data module; ours does
-# so on purpose (MedsslModule), and the data modules define no such hook. The CLI entry point silences
-# it for the command it runs (medssl.cli); importing this module changes no warnings filter.
-TRANSFER_HOOK_WARNING = ".*overridden `transfer_batch_to_device` in `LightningModule`.*"
-
 
 class MedsslModule(LightningModule):
     """The speed paths every system shares.

@@ -177,8 +177,10 @@ class DenseSystem(MedsslModule):
         for i, case_id in enumerate(batch["case_id"]):
             item = {"image": batch["image"][i], "modality_mask": batch["modality_mask"][i], "grid": batch["grid"][i]}
             reference = batch["reference"][i]
+            convention = "2023" if batch.get("label_convention", [""] * len(batch["case_id"]))[i] == "brats2023" \
+                else "2021"  # BraTS label maps in the input data set's values, as medssl infer writes them
             out.append({"case_id": case_id, "reference": reference,
-                        "map": predict_case(self, item, reference, case_id)})
+                        "map": predict_case(self, item, reference, case_id, convention)})
         return out
 
     def checkpoint_metadata(self) -> dict[str, Any]:
