@@ -131,6 +131,9 @@ def test_cv_bad_folds(picai_root, tmp_path):
     (line,) = error_lines(run_medssl("cv", "--config", DETECT, "--data.root", str(picai_root), "--folds", "0,9",
                                      "--output", str(tmp_path / "cv"), cwd=tmp_path))
     assert "--folds [9]" in line
+    (line,) = error_lines(run_medssl("cv", "--config", DETECT, "--data.root", str(picai_root), "--folds", "0,0",
+                                     "--output", str(tmp_path / "cv"), cwd=tmp_path))
+    assert "each fold once" in line
     assert not (tmp_path / "cv" / "cv_report.json").exists()
 
 

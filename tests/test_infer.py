@@ -112,6 +112,10 @@ def test_output_written_by_another_checkpoint_is_refused(detection_run, picai_ro
                         "--output", str(out), cwd=tmp_path)
     assert result.returncode == 2 and "made with other settings" in result.stderr.strip().splitlines()[-1]
     assert not list(out.glob("*.nii.gz"))
+    redo = run_medssl("infer", "--checkpoint", str(detection_run), "--data.root", str(picai_root),
+                      "--output", str(out), "--overwrite", cwd=tmp_path)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert len(list(out.glob("*.nii.gz"))) == len(discover("picai", picai_root))
 
 
 def test_an_ensemble_of_one_model_twice_is_that_model(detection_run, tmp_path):
