@@ -15,6 +15,8 @@ from tests.conftest import REPO, run_medssl
 
 DETECT = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
 
+pytestmark = pytest.mark.slow  # each test runs the medssl command: `pytest -m "not slow"` skips them
+
 
 def error_lines(result) -> list[str]:
     assert result.returncode != 0, result.stdout[-2000:]

@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from tests.conftest import REPO, run_medssl
@@ -34,6 +35,7 @@ def test_check_picai_counts(picai_root):
     assert len(spacings) >= 3  # varied T2W geometry
 
 
+@pytest.mark.slow
 def test_check_brats_counts_missing_sequences(brats_root):
     result = run_medssl("check", str(brats_root), "--layout", "brats", "--json")
     assert result.returncode == 0, result.stderr
@@ -49,6 +51,7 @@ def test_synth_cli_writes_layout(tmp_path):
     assert len(list(tmp_path.glob("*/*_seg.nii.gz"))) == 2
 
 
+@pytest.mark.slow
 def test_print_config_resolves_stacked_configs(tmp_path):
     override = tmp_path / "more.yaml"
     override.write_text("data:\n  init_args:\n    batch_size: 5\n")
@@ -58,6 +61,7 @@ def test_print_config_resolves_stacked_configs(tmp_path):
     assert "batch_size: 5" in result.stdout and "root: /somewhere" in result.stdout
 
 
+@pytest.mark.slow
 def test_bmmae_tiny_fit_on_incomplete_brats_writes_checkpoint(brats_root, tmp_path):
     result = run_medssl("fit", "--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"),
                         "--data.layout", "brats", "--data.root", str(brats_root),

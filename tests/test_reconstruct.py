@@ -81,6 +81,7 @@ def pretrained(brats, tmp_path_factory):
     return last
 
 
+@pytest.mark.slow
 def test_cli_writes_every_missing_sequence_in_the_case_geometry(brats, pretrained, tmp_path):
     out = tmp_path / "recon"
     result = run_medssl("reconstruct", "--checkpoint", str(pretrained), "--data.layout", "brats",
@@ -115,6 +116,7 @@ class _Payload:
         return os.mkdir, (self.marker,)
 
 
+@pytest.mark.slow
 def test_code_pickle_refused_in_one_line_nothing_written(brats, tmp_path):
     marker = tmp_path / "payload_ran"
     bad = tmp_path / "bad.ckpt"

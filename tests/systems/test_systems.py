@@ -30,6 +30,7 @@ def test_importing_the_systems_leaves_matplotlib_and_warnings_as_they_were():
     assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_net_argument_errors_name_the_key_path_the_config_uses(tmp_path):
     config = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
     result = run_medssl("fit", "--config", config, "--data.root", str(tmp_path),
@@ -42,6 +43,7 @@ def test_net_argument_errors_name_the_key_path_the_config_uses(tmp_path):
     assert result.returncode == 2 and "model.init_args.net.init_args." in last, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, value, key", [("--model.init_args.lr", "-1", "model.init_args.lr"),
                                                 ("--data.n_folds", "1", "data.n_folds"),
                                                 ("--data.num_workers", "-2", "data.num_workers"),
