@@ -384,6 +384,7 @@ def run_cv(configs: Sequence[str], overrides: Sequence[str], folds: list[int] | 
         raise ConfigError(f"--selection {selection!r}: choose last (the final checkpoint) or best")
     if folds is not None and len(set(folds)) != len(folds):
         raise ConfigError(f"--folds {folds}: each fold once")
+    fractions = _fractions(train_fractions)  # checked before anything is read or written
     output = Path(output).resolve()  # the records hold absolute paths, whatever the working folder
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; give a folder")
@@ -410,7 +411,6 @@ def run_cv(configs: Sequence[str], overrides: Sequence[str], folds: list[int] | 
     data_fp = fingerprint(sorted((c.case_id, c.to_item()["fingerprint"], c.label) for c in labelled))
     config = computation_config(resolved_config(probe))
 
-    fractions = _fractions(train_fractions)
     if twin and not init_from:
         logger.warning("--twin without model.init_args.init_from: there is only the from-scratch run")
     jobs, identities = [], {}

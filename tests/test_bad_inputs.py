@@ -136,6 +136,9 @@ def test_cv_bad_folds(picai_root, tmp_path):
     (line,) = error_lines(run_medssl("cv", "--config", DETECT, "--data.root", str(picai_root), "--folds", "0,0",
                                      "--output", str(tmp_path / "cv"), cwd=tmp_path))
     assert "each fold once" in line
+    (line,) = error_lines(run_medssl("cv", "--config", DETECT, "--data.root", str(picai_root), "--train-fractions",
+                                     "0,1", "--output", str(tmp_path / "fractions"), cwd=tmp_path))
+    assert "--train-fractions" in line and not (tmp_path / "fractions").exists()  # refused before any write
     assert not (tmp_path / "cv" / "cv_report.json").exists()
 
 
