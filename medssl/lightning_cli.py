@@ -100,7 +100,8 @@ class MedsslCLI(LightningCLI):
     ``ConfigError`` line naming the key; ``--ckpt_path`` is checked to hold tensors only first.
     """
 
-    def __init__(self, args=None, run: bool = True, **kwargs):
+    def __init__(self, args=None, run: bool = True, instantiate: bool = True, **kwargs):
+        self._instantiate = instantiate  # False: parse and resolve the config only (medssl.runs.resolve)
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -125,6 +126,8 @@ class MedsslCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+        if not self._instantiate:
+            return
         try:
             super().instantiate_classes()
         except MedsslError:
@@ -159,14 +162,50 @@ class MedsslCLI(LightningCLI):
             return f"model.init_args.net.init_args.{match.group(1)}: {message}"
         return message
 
+    def _set_seed(self) -> None:
+        if self._instantiate:  # parsing alone changes no global random state
+            super()._set_seed()
+
+    def _checkpoint_of_run(self) -> str | None:
+        """The ``--ckpt_path`` file of this command (``last``/``best`` and other names Lightning resolves: None)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        path = config.get("ckpt_path")
+        return path if path and os.path.isfile(str(path)) else None
+
+    def _apply_checkpoint(self) -> None:
+        """``validate``, ``test`` and ``predict`` with ``--ckpt_path``: the net comes from the checkpoint
+        (``medssl.weights.load_model``, the one way from weights to a model), and the data settings must be the
+        ones it was trained with (the compatibility rule ``infer`` applies)."""
+        from medssl import weights
+
+        path = self._checkpoint_of_run()
+        if path is None or not hasattr(self.model, "use_net"):
+            return
+        net, meta = weights.load_model(path)
+        meta.check_data(self.datamodule, path)
+        self.model.use_net(net)
+        # the weights are in: evaluation needs nothing else from the file, so Lightning does not open it again
+        # (and a finetuned checkpoint medssl wrote without Lightning's bookkeeping works too)
+        self.config_init[self.subcommand]["ckpt_path"] = None
+
+    def before_validate(self) -> None:
+        self._apply_checkpoint()
+
+    def before_test(self) -> None:
+        self._apply_checkpoint()
+
     def before_predict(self) -> None:
         """``medssl predict`` writes what ``medssl infer`` writes, under ``<default_root_dir>/predictions``."""
         from lightning.pytorch.callbacks import BasePredictionWriter
 
-        from medssl.inference import map_writer
+        from medssl.systems.writer import MapWriter
 
+        self._apply_checkpoint()
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(map_writer(os.path.join(self.trainer.default_root_dir, "predictions")))
+            path = self._checkpoint_of_run()
+            self.trainer.callbacks.append(MapWriter(os.path.join(self.trainer.default_root_dir, "predictions"),
+                                                    [path] if path else []))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing; check the file first so an

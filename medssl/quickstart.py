@@ -40,12 +40,11 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
     The output records its options (``.medssl_quickstart.json``): a rerun with other options is refused
     in one line (or redone from scratch with ``overwrite``), never answered with the old report.
     """
-    from lightning.pytorch import seed_everything
-
     from medssl.checkpoint import load_checkpoint
     from medssl.cv import run_cv
     from medssl.data.synth import synth_picai
-    from medssl.runs import Stamp, build_cli
+    from medssl.records import Stamp
+    from medssl.runs import build, merge, resolve
 
     start = time.time()
     output = Path(output)
@@ -74,20 +73,20 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
     done_epochs = int(load_checkpoint(ckpt).get("epoch", -1)) + 1 if ckpt.is_file() else 0
     if done_epochs < pretrain_epochs:  # none yet, or an interrupted run: train (on from its last.ckpt)
         logger.info("quickstart: pretraining CSwin UNet on the archive (%d epochs)", pretrain_epochs)
-        seed_everything(seed)
-        cli = build_cli([configs / "pretrain" / "cswin_tiny.yaml"],
-                        ["--data.root", str(archive), "--data.cache_dir", str(cache),
-                         "--trainer.max_epochs", str(pretrain_epochs), "--trainer.default_root_dir", str(pretrain_dir),
-                         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
-        for cb in cli.trainer.checkpoint_callbacks:
+        pre = build(resolve([configs / "pretrain" / "cswin_tiny.yaml"]), {
+            "seed_everything": seed, "data": {"init_args": {"root": str(archive), "cache_dir": str(cache)}},
+            "trainer": {"max_epochs": pretrain_epochs, "default_root_dir": str(pretrain_dir),
+                        "enable_progress_bar": False, "enable_model_summary": False}})
+        for cb in pre.trainer.checkpoint_callbacks:
             cb.dirpath = str(pretrain_dir / "checkpoints")
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+        pre.trainer.fit(pre.system, datamodule=pre.datamodule, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     logger.info("quickstart: five-fold finetuning, pretrained and from scratch (%d epochs each)", finetune_epochs)
-    report = run_cv([str(configs / "finetune" / "cswin_picai_tiny.yaml")],
-                    ["--data.root", str(data), "--data.cache_dir", str(cache),
-                     "--model.init_args.init_from", str(ckpt), "--trainer.max_epochs", str(finetune_epochs),
-                     "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)],
-                    folds, output / "cv", twin=True)
+    config = merge(resolve([configs / "finetune" / "cswin_picai_tiny.yaml"]), {
+        "seed_everything": seed,
+        "data": {"init_args": {"root": str(data), "cache_dir": str(cache)}},
+        "model": {"init_args": {"init_from": str(ckpt)}},
+        "trainer": {"max_epochs": finetune_epochs, "enable_progress_bar": False}})
+    report = run_cv(config, folds, output / "cv", twin=True)
     report["quickstart_seconds"] = round(time.time() - start, 1)
     report["twin_difference_line"] = twin_difference_line(report)
     return report

@@ -12,13 +12,14 @@ file, the grid every present modality of a BraTS case shares. ``medssl reconstru
 
 Steps, each the one the rest of the project uses:
 
-1. Weights: ``BMMAE.from_checkpoint`` (our pretraining checkpoint or the official ``bmmae.pth``,
+1. Weights: ``medssl.weights.load_model`` (our pretraining checkpoint or the official ``bmmae.pth``,
    tensors only; sizes from the shapes, head counts from the run's config or the reference, the
    axis order from the checkpoint's metadata or format).
 2. Preprocessing: the data layer's own (``MRIDataModule.preprocessing`` + ``deterministic_transforms``),
-   at the spacing saved with the weights and with the model's ``input_size`` as the crop, so the model
-   sees what it saw in pretraining: resampled, centre-cropped (on whole voxels for the official
-   weights, as their MONAI pipeline crops), z-scored over non-zero voxels.
+   with the settings saved with the weights (spacing, clipping) and the model's ``input_size`` as the
+   crop, so the model sees what it saw in pretraining: resampled, centre-cropped (on whole voxels for
+   the official weights, as their MONAI pipeline crops), clipped where it was, z-scored over non-zero
+   voxels.
 3. Back to the case: the prediction lives on the preprocessing grid; one linear physical resampling
    puts it on the reference grid. Voxels outside the model's field of view are 0.
 4. Intensities: the model predicts z-scores, and the missing sequence's own mean and standard
@@ -42,13 +43,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from medssl import weights
 from medssl.data.datamodule import MRIDataModule
 from medssl.data.geometry import Grid, resample, resample_array, write_like
 from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, read_image, reference_modality
-from medssl.embed import case_transform, preprocess_case, resolve_device
-from medssl.errors import ConfigError
+from medssl.data.transforms import case_transform, preprocess_case
+from medssl.errors import CheckpointError, ConfigError
 from medssl.models.bmmae import BMMAE
+from medssl.models.host import resolve_device
 
 __all__ = ["reconstruct_case", "run_reconstruct", "to_case_intensities"]
 
@@ -99,7 +102,7 @@ def reconstruct_case(
         model: BMMAE with decoder, in eval mode on ``device``.
         case: a case lacking at least one of ``model.modalities``.
         prep: the preprocessing (``MRIDataModule.preprocessing(with_labels=False)``).
-        transform: its deterministic transforms for one case (``medssl.embed.case_transform(prep, ...)``).
+        transform: its deterministic transforms for one case (``medssl.data.transforms.case_transform``).
         device: where the model runs.
 
     Returns:
@@ -155,15 +158,19 @@ def run_reconstruct(
     out_dir = Path(output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output {out_dir} is a file; give a folder")
-    model, settings = BMMAE.from_checkpoint(checkpoint, config, with_decoder=True)
+    model, meta = weights.load_model(checkpoint, config, with_decoder=True)
+    if not isinstance(model, BMMAE) or model.decoder is None:
+        raise CheckpointError(f"{checkpoint}: {meta.kind} {meta.net} weights; reconstruction needs a BM-MAE with its "
+                              "decoder: a BM-MAE pretraining checkpoint (medssl fit --config "
+                              "configs/pretrain/bmmae_*.yaml) or the official bmmae.pth")
     run_on = resolve_device(device)
     model.to(run_on).eval()
     data = MRIDataModule(layout=layout, root=str(root), labels_root=labels_root, modalities=list(model.modalities),
-                         spacing=settings["spacing"], spatial_size=list(model.input_size), cache_dir=None,
-                         augmentation=None)
+                         spacing=meta.spacing, spatial_size=list(model.input_size), cache_dir=None,
+                         augmentation=None, clip_percentiles=meta.clip_percentiles)
     cases = data.discover()
     prep = data.preprocessing(with_labels=False)
-    transform = case_transform(prep, voxel_aligned=settings["voxel_aligned"])
+    transform = case_transform(prep, voxel_aligned=bool(meta.voxel_aligned))
     record: dict[str, Any] = {"output": str(out_dir), "cases": []}
     for case in cases:
         present = [m for m in model.modalities if case.images.get(m)]

@@ -1,32 +1,37 @@
-"""The run core: a run folder as a value, and the one place a model is rebuilt from a config or a checkpoint.
+"""The run core: configs as dicts, and the one place a system, its data module and trainer are built.
 
-Every command that trains or rebuilds a model comes through here:
-
-- ``build_cli(configs, overrides)``: the one place medssl builds a ``MedsslCLI`` internally;
-- ``Run``: where a run keeps its config, checkpoints and logs, and which config made a checkpoint;
-- ``load_finetuned(checkpoint)``: a finetuned system, its data module and trainer, from a checkpoint
-  (weights only) and the config that trained it, checked against the settings saved in the weights;
-- ``check_compatible(metadata, dm)``: the data settings must be the ones the weights were trained with;
-- ``fingerprint`` / ``Stamp``: what made an output, so a rerun that does not match refuses instead of reusing.
+- ``resolve(configs, args)``: the command boundary: stacked YAML files plus a user's ``--key value``
+  options, parsed and validated by jsonargparse once, as one resolved config dict;
+- ``build(config, overrides)``: a ``MedsslCLI`` (not run) from a resolved config dict and a dict of
+  overrides (``LightningCLI(args=dict)``); inside the package configs travel as dicts, never as argv
+  lists or temporary YAML files;
+- ``parse_overrides(args)``: a user's ``--data.root DIR`` options (``infer``'s) as such a dict;
+- ``load_finetuned(checkpoint)``: a finetuned system ready to predict: the net from
+  ``medssl.weights.load_model``, the system, data module and trainer from the config saved with it,
+  the data settings checked against the ones saved with the weights;
+- ``computation_config``: a config without what does not change the numbers (for fingerprints).
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from medssl.checkpoint import load_checkpoint, state_dict_of
-from medssl.errors import CheckpointError, ConfigError, one_line
+from medssl import weights
+from medssl.errors import ConfigError
+from medssl.records import file_sha256
+from medssl.weights import find_config, read_weights
+from medssl.weights.load import read_config
 
 logger = logging.getLogger(__name__)
 
@@ -38,39 +43,121 @@ VOLATILE = {
                 "devices", "num_nodes", "strategy"),
     "data": ("cache_dir", "num_workers", "fold", "split_file", "cache_per_node"),
 }
+# Sections whose options sit under ``init_args`` (chosen by ``class_path``): ``--data.root`` is ``data.init_args.root``.
+CLASS_SECTIONS = ("model", "data")
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
 
-def config_args(configs: Iterable[str | os.PathLike]) -> list[str]:
-    return [a for c in configs for a in ("--config", str(c))]
+@dataclass
+class Built:
+    """A system, its data module and trainer, and the resolved config they were built from."""
+
+    system: Any
+    datamodule: Any
+    trainer: Any
+    config: dict[str, Any]
 
 
-def build_cli(configs: Sequence[str | os.PathLike], overrides: Sequence[str] = ()):
-    """A ``MedsslCLI`` (not run) for stacked ``configs`` plus command-line ``overrides``: system, data, trainer."""
+def _cli(args, instantiate: bool = True):
     from medssl.lightning_cli import MedsslCLI
 
-    return MedsslCLI(args=[*config_args(configs), *overrides], run=False)
+    with warnings.catch_warnings():  # a command drives LightningCLI with args of its own; that is intended here
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        return MedsslCLI(args=args, run=False, instantiate=instantiate)
 
 
-# --------------------------------------------------------------------------- fingerprints
+def dump(cli) -> dict[str, Any]:
+    """The resolved config of a parsed CLI as plain values (``class_path``/``init_args`` everywhere)."""
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_validation=True))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def resolve(configs: Sequence[str | os.PathLike] = (), args: Sequence[str] = ()) -> dict[str, Any]:
+    """Stacked config files and a user's command-line options, parsed and validated, as one resolved config.
+
+    The boundary between a command's argv and the package: everything after it takes this dict.
+
+    Args:
+        configs: YAML files, later ones win (``--config a.yaml --config b.yaml``).
+        args: the user's ``--section.key value`` options.
+    """
+    return dump(_cli([*(a for c in configs for a in ("--config", str(c))), *args], instantiate=False))
 
 
-def fingerprint(obj: Any) -> str:
-    """A short hash of a JSON-able value (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def merge(config: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` with ``overrides`` laid over it, mapping into mapping (a list or a value replaces)."""
+    out = copy.deepcopy(dict(config))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
-def resolved_config(cli) -> dict[str, Any]:
-    """The resolved config of a built CLI as plain values (``class_path``/``init_args`` kept)."""
-    text = cli.parser.dump(cli.config, skip_none=False, skip_validation=True)
-    return yaml.safe_load(text)
+def build(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Built:
+    """The system, data module and trainer of a resolved ``config`` with ``overrides`` laid over it.
+
+    Args:
+        config: a resolved config (``resolve``, ``dump``, or the one saved in a checkpoint).
+        overrides: in the resolved form, e.g. ``{"data": {"init_args": {"fold": 2}}}``.
+    """
+    merged = merge(config, overrides)
+    cli = _cli(merged)
+    return Built(cli.model, cli.datamodule, cli.trainer, dump(cli))
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """A user's ``--section.key value`` (or ``--section.key=value``) options as a resolved-form overrides dict.
+
+    Values are read as YAML (``3``, ``[3.0, 1.0, 1.0]``, ``null``, ``true``); ``--data.root`` and
+    ``--model.lr`` become ``data.init_args.root`` and ``model.init_args.lr``, as LightningCLI reads them.
+
+    Example:
+        >>> parse_overrides(["--data.root", "/d", "--trainer.max_epochs=2"])
+        {'data': {'init_args': {'root': '/d'}}, 'trainer': {'max_epochs': 2}}
+    """
+    out: dict[str, Any] = {}
+    items = list(args)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or item == "--":
+            raise ConfigError(f"unexpected argument {item!r}: options are --section.key value")
+        key, value = (item[2:].split("=", 1) + [None])[:2] if "=" in item else (item[2:], None)
+        if value is None:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value (e.g. --{key} VALUE)")
+            value = items[i + 1]
+            i += 1
+        i += 1
+        parts = key.split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--{key}: give a section and a key, e.g. --data.root DIR")
+        if parts[0] in CLASS_SECTIONS and parts[1] not in ("class_path", "init_args"):
+            parts.insert(1, "init_args")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, str) and NUMBER.fullmatch(parsed):
+            parsed = float(parsed)  # YAML 1.1 reads 1e-3 as text; the command line means the number
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--{key}: {part} was given a value already")
+        node[parts[-1]] = parsed
+    return out
+
+
+def inference_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config without the keys only ``fit`` accepts, and without ``init_from`` (the checkpoint carries
+    every weight; the pretraining file need not exist here)."""
+    out = {k: v for k, v in copy.deepcopy(dict(config)).items() if k not in FIT_ONLY}
+    init_args = (out.get("model") or {}).get("init_args") if isinstance(out.get("model"), dict) else None
+    if isinstance(init_args, dict) and "init_from" in init_args:
+        init_args["init_from"] = None
+    return out
 
 
 def computation_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,134 +178,7 @@ def computation_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Stamp:
-    """A record of what made an output folder, kept in ``<folder>/<name>``.
-
-    ``claim`` writes it the first time; later runs must carry the same ``identity`` or they are refused
-    in one line (``overwrite`` replaces the record, for a caller that then recomputes everything).
-    """
-
-    folder: Path
-    name: str = ".medssl_stamp.json"
-
-    @property
-    def path(self) -> Path:
-        return self.folder / self.name
-
-    def read(self) -> dict[str, Any] | None:
-        from medssl.io import read_json
-
-        return read_json(self.path, "record of what made this folder") if self.path.is_file() else None
-
-    def claim(self, identity: Mapping[str, Any], what: str, overwrite: bool = False) -> None:
-        from medssl.io import write_json
-
-        identity = json.loads(json.dumps(identity, default=str))
-        theirs = self.read()
-        if theirs is not None and theirs != identity and not overwrite:
-            differing = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
-            raise ConfigError(f"{self.folder} holds {what} made with other settings (differs in "
-                              f"{', '.join(differing[:5])}; see {self.path}); give a new output folder or "
-                              "pass --overwrite to redo it")
-        if theirs != identity:
-            write_json(self.path, identity)
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-@dataclass(frozen=True)
-class Run:
-    """A run folder (``trainer.default_root_dir``): ``checkpoints/`` and ``lightning_logs/version_*/config.yaml``."""
-
-    root: Path
-
-    @classmethod
-    def of_checkpoint(cls, checkpoint: str | os.PathLike) -> Run:
-        path = Path(checkpoint).resolve()
-        return cls(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    def logged_configs(self) -> list[Path]:
-        found = [self.root / "config.yaml"] if (self.root / "config.yaml").is_file() else []
-        return found + sorted(self.root.glob("lightning_logs/version_*/config.yaml"),
-                              key=lambda p: int(p.parent.name.rsplit("_", 1)[-1]))
-
-    def config_for(self, checkpoint: str | os.PathLike) -> Path:
-        """The logged config of the fit that wrote ``checkpoint`` (for checkpoints that do not carry one).
-
-        The rule, logged: the newest config written before the checkpoint (a fit writes its config when
-        it starts, its checkpoints later; a later ``validate`` run writes a newer version).
-        """
-        found = self.logged_configs()
-        if not found:
-            raise ConfigError(f"no config.yaml found under {self.root} for {checkpoint}; give the run's config "
-                              "with --config")
-        if len(found) == 1:
-            return found[0]
-        written = Path(checkpoint).stat().st_mtime
-        before = [p for p in found if p.stat().st_mtime <= written]
-        chosen = max(before or found, key=lambda p: p.stat().st_mtime)
-        logger.info("%s: %d configs in %s; using %s, the newest written before the checkpoint", checkpoint,
-                    len(found), self.root, chosen)
-        return chosen
-
-
-def _inference_config(config: Mapping[str, Any], folder: Path, name: str) -> Path:
-    """A copy of a saved config without the keys only ``fit`` accepts, and without ``init_from``
-    (the checkpoint carries every weight; the pretraining file need not exist here)."""
-    config = dict(config)
-    for key in FIT_ONLY:
-        config.pop(key, None)
-    init_args = (config.get("model") or {}).get("init_args") if isinstance(config.get("model"), dict) else None
-    if isinstance(init_args, dict) and "init_from" in init_args:
-        init_args["init_from"] = None
-    out = folder / f"{len(list(folder.iterdir()))}_{name}"
-    out.write_text(yaml.safe_dump(config, sort_keys=False))
-    return out
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the config ({one_line(e)})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: not a config file (expected a mapping of options)")
-    return config
-
-
-def check_compatible(metadata: Mapping[str, Any], dm, checkpoint: str | os.PathLike) -> None:
-    """The data settings must be the ones the weights were trained with (saved in the checkpoint).
-
-    A setting the checkpoint records must be given the same value: ``null`` (e.g. ``--data.spacing
-    null``) where the checkpoint has a value is a mismatch, not a way around the check.
-    """
-    ours = {"modalities": dm.modalities, "spacing": dm.spacing, "spatial_size": dm.spatial_size,
-            "clip_percentiles": getattr(dm, "clip_percentiles", None)}
-    if "voxel_aligned" in metadata and bool(metadata["voxel_aligned"]) != bool(getattr(dm, "voxel_aligned", False)):
-        raise ConfigError(f"data.voxel_aligned is {getattr(dm, 'voxel_aligned', False)} but {checkpoint} was trained "
-                          f"with {metadata['voxel_aligned']}; set --data.voxel_aligned to match")
-    for key, value in ours.items():
-        saved = metadata.get(key)
-        if saved is None:
-            if key == "clip_percentiles" and "clip_percentiles" in metadata and value is not None:
-                raise ConfigError(f"data.clip_percentiles is {list(value)} but {checkpoint} was trained without "
-                                  "clipping; set --data.clip_percentiles null")
-            continue
-        kind = object if key == "modalities" else float
-        if value is None or not np.array_equal(np.asarray(saved, dtype=kind), np.asarray(list(value), dtype=kind)):
-            shown = None if value is None else list(value)
-            raise ConfigError(f"data.{key} is {shown} but {checkpoint} was trained with {saved}; "
-                              f"set --data.{key} to match")
+# --------------------------------------------------------------------------- finetuned runs
 
 
 @dataclass
@@ -228,30 +188,33 @@ class Loaded:
     system: Any
     datamodule: Any
     trainer: Any
-    metadata: dict[str, Any]
+    meta: Any  # medssl.weights.CheckpointMeta
     checkpoint: Path
     cases: list  # every case under data.root (medssl.data.layouts.Case)
     config: dict  # the resolved config the system was built from
 
 
-def _config_sources(checkpoint: Path, saved: Mapping[str, Any], configs: Sequence[str] | None,
-                    tmp: Path) -> list[Path]:
+def _run_config(checkpoint: Path, configs: Sequence[str] | None) -> dict[str, Any]:
+    """The config a finetuned checkpoint was trained with, resolved: ``configs``, the one saved in it, or its run's
+    logged one."""
     if configs:
-        return [_inference_config(read_config(c), tmp, Path(c).name) for c in configs]
-    metadata = saved.get("medssl") if isinstance(saved.get("medssl"), dict) else {}
-    if isinstance(metadata.get("config"), str):  # the resolved config the checkpoint was trained with
-        return [_inference_config(yaml.safe_load(metadata["config"]), tmp, "config.yaml")]
-    path = Run.of_checkpoint(checkpoint).config_for(checkpoint)
-    return [_inference_config(read_config(path), tmp, path.name)]
+        return resolve(configs)
+    where, config = find_config(read_weights(checkpoint))
+    if config is None:
+        raise ConfigError(f"{checkpoint}: no config saved in it or logged beside it; give the run's config with "
+                          "--config")
+    logger.info("%s: built from %s", checkpoint, where)
+    return config
 
 
 def load_finetuned(checkpoint: str | os.PathLike, configs: Sequence[str] | None = None,
-                   overrides: Sequence[str] = (), output: str | os.PathLike | None = None) -> Loaded:
+                   overrides: Mapping[str, Any] | None = None, output: str | os.PathLike | None = None) -> Loaded:
     """A finetuned system from ``checkpoint`` (weights only), on one device, ready to predict.
 
-    The config is ``configs`` when given, else the resolved config saved in the checkpoint, else the
-    run's logged config (``Run.config_for``). Fit-only keys and ``init_from`` are dropped; labels are
-    never read; nothing is cached or logged. ``overrides`` (``--data.root`` ...) apply last.
+    The net and its weights come from ``medssl.weights.load_model``; the system, data module and trainer from
+    ``configs`` when given, else the resolved config saved in the checkpoint, else the run's logged config.
+    Fit-only keys and ``init_from`` are dropped; labels are never read; nothing is cached or logged.
+    ``overrides`` (``{"data": {"init_args": {"root": ...}}}``) apply last.
     """
     import torch
 
@@ -259,60 +222,33 @@ def load_finetuned(checkpoint: str | os.PathLike, configs: Sequence[str] | None 
     from medssl.systems.finetune import DenseSystem
 
     checkpoint = Path(checkpoint)
-    saved = load_checkpoint(checkpoint)  # refuses unsafe pickles in one line
-    metadata = saved.get("medssl") if isinstance(saved.get("medssl"), dict) else {}
-    with tempfile.TemporaryDirectory(prefix="medssl_run_") as tmp:
-        sources = _config_sources(checkpoint, saved, configs, Path(tmp))
-        # one device, whichever this machine has (a run trained on a GPU cluster is often applied on a
-        # workstation); bf16 autocast pays only on a GPU
-        args = ["--data.cache_dir", "null", "--data.labels_root", "null",
-                "--trainer.accelerator", "auto", "--trainer.devices", "1", "--trainer.num_nodes", "1",
-                "--trainer.strategy", "auto", "--trainer.logger", "false",
-                *(["--trainer.default_root_dir", str(output)] if output else []),
-                *([] if torch.cuda.is_available() else ["--trainer.precision", "32-true"]), *overrides]
-        cli = build_cli(sources, args)
-    system, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    config = _run_config(checkpoint, configs)
+    net, meta = weights.load_model(checkpoint, config if configs else None)
+    if meta.kind != "finetuned":
+        raise ConfigError(f"{checkpoint}: {meta.kind} weights ({meta.net}); this needs a finetuning run "
+                          "(DetectionSystem or SegmentationSystem)")
+    config = inference_config(config)
+    # one device, whichever this machine has (a run trained on a GPU cluster is often applied on a
+    # workstation); bf16 autocast pays only on a GPU
+    trainer = {"accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto", "logger": False,
+               **({"default_root_dir": str(output)} if output else {}),
+               **({} if torch.cuda.is_available() else {"precision": "32-true"})}
+    base = {"data": {"init_args": {"cache_dir": None, "labels_root": None}}, "trainer": trainer}
+    built = build(config, merge(base, overrides))
+    system, dm = built.system, built.datamodule
     if not isinstance(system, DenseSystem):
         raise ConfigError(f"{checkpoint}: a {type(system).__name__} checkpoint; this needs a finetuning run "
                           "(DetectionSystem or SegmentationSystem)")
-    try:
-        system.load_state_dict(state_dict_of(saved))
-    except (RuntimeError, CheckpointError) as e:
-        raise CheckpointError(f"{checkpoint}: does not fit the model of the config "
-                              f"({one_line(e).split('(', 1)[-1].strip()[:300]}") from None
+    system.use_net(net)
     cases = dm.discover()
     check_in_channels(system.net, dm.modalities)
-    check_compatible(metadata, dm, checkpoint)
+    meta.check_data(dm, checkpoint)
     if not system.hparams.roi_size and dm.crop_size:
         # the windows training validated with (the system reads them from the trainer's data module in fit)
         system.hparams.roi_size = list(dm.crop_size)
-    system.to(trainer.strategy.root_device).eval()
-    return Loaded(system, dm, trainer, metadata, checkpoint, cases, resolved_config(cli))
+    system.to(built.trainer.strategy.root_device).eval()
+    return Loaded(system, dm, built.trainer, meta, checkpoint, cases, built.config)
 
 
-def output_is_recorded(out_path: Path, record_path: Path, inputs: str, owner: str) -> bool:
-    """A rerun skips an output only when it is the file its record names (sha256), written by the same models and
-    settings (``owner``: a fingerprint of the folder's stamp) from the same inputs (their size and mtime)."""
-    if not (out_path.is_file() and record_path.is_file()):
-        return False
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if record.get("owner") != owner:
-        return False  # written by other models or settings (an --overwrite run): computed again
-    if record.get("inputs") != inputs:
-        logger.info("%s: its input images changed since it was written; computing it again", out_path.name)
-        return False
-    if record.get("sha256") != file_sha256(out_path):
-        logger.warning("%s: the file on disk is not the one written (truncated or edited); computing it again",
-                       out_path)
-        return False
-    return True
-
-
-def record_output(out_path: Path, record_path: Path, inputs: str, owner: str) -> None:
-    """The record ``output_is_recorded`` checks, written after ``out_path`` is complete."""
-    from medssl.io import write_json
-
-    write_json(record_path, {"inputs": inputs, "sha256": file_sha256(out_path), "owner": owner})
+__all__ = ["Built", "Loaded", "build", "computation_config", "dump", "inference_config", "load_finetuned", "merge",
+           "parse_overrides", "read_config", "resolve"]

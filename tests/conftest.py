@@ -65,3 +65,29 @@ def wait_for_cv_workers(proc: subprocess.Popen, out: Path, n: int = 2, timeout: 
     while len(cv_workers(out)) < n:
         assert proc.poll() is None and time.time() < deadline, "the workers never started"
         time.sleep(0.5)
+
+
+class _Evil:
+    """Pickles to a call of ``exec``: loading it unsafely writes the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def plant_evil_checkpoint(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "hyper_parameters": _Evil(marker)}, path)
+
+
+@pytest.fixture
+def tiny_reference(monkeypatch):
+    """Make a tiny official-format BM-MAE file pass for the official one: its sizes and head counts are the
+    reference's (``medssl.weights.bmmae``)."""
+    from medssl.weights import bmmae
+
+    tiny = {"patch_size": 8, "embed_dim": 48, "depth": 3, "decoder_embed_dim": 24, "decoder_depth": 1}
+    monkeypatch.setattr(bmmae, "REFERENCE_SIZES", {k: tiny[k] for k in bmmae.REFERENCE_SIZES})
+    monkeypatch.setattr(bmmae, "REFERENCE_HEADS", {"num_heads": 4, "decoder_num_heads": 4})

@@ -7,11 +7,19 @@ import torch
 
 from medssl.data.synth import synth_brats, synth_picai
 from medssl.lightning_cli import MedsslCLI
-from medssl.models.transfer import transfer_weights
+from medssl.weights import init_from
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+# sections that recipes take whole (`data: ../data/picai.yaml`), not configs of their own
+BLOCKS = [c for c in CONFIGS if (REPO / c).read_text().startswith("# Block:")]
 RECIPES = [c for c in CONFIGS if c.split("/")[1] in ("pretrain", "finetune")]
+PICAI = {  # the PI-CAI recipes and the (data, trainer) blocks they take whole
+    "configs/finetune/cswin_picai.yaml": ("picai", "picai"),
+    "configs/finetune/unet_picai.yaml": ("picai", "picai"),
+    "configs/finetune/cswin_picai_tiny.yaml": ("picai_tiny", "picai_tiny"),
+    "configs/finetune/unet_picai_tiny.yaml": ("picai_tiny", "picai_tiny"),
+}
 NETS = {  # the finetune configs of the BM-MAE / comparator pairs and what they build
     "configs/finetune/bmmae_brats.yaml": "BMMAEUNETR",
     "configs/finetune/bmmae_brats_tiny.yaml": "BMMAEUNETR",
@@ -37,6 +45,14 @@ def small_picai(tmp_path_factory):
 def test_configs_found():
     assert set(NETS) <= set(CONFIGS)
     assert any(c.startswith("configs/pretrain/") for c in CONFIGS)
+
+
+def test_blocks_are_sections_not_configs():
+    import yaml
+
+    for block in BLOCKS:
+        keys = set(yaml.safe_load((REPO / block).read_text()))
+        assert not keys & {"model", "data", "trainer"}, block
 
 
 @pytest.mark.parametrize("config", RECIPES)
@@ -74,7 +90,7 @@ def test_tiny_pretraining_checkpoint_initialises_tiny_finetune_encoder(tmp_path)
     torch.save({"state_dict": pre.state_dict(), "medssl": {"architecture": "bmmae"}}, tmp_path / "last.ckpt")
     fine = MedsslCLI(args=["--config", str(REPO / "configs/finetune/bmmae_brats_tiny.yaml"), "--data.root", "/x"],
                      run=False).model.net
-    report, _ = transfer_weights(fine, str(tmp_path / "last.ckpt"))
+    report, _ = init_from(fine, str(tmp_path / "last.ckpt"))
     assert "blocks.0.attn.qkv.weight" in report["loaded"] and "cls_token" in report["loaded"]
     assert "tokenizers.t1.patch_embedding.patch_embeddings.weight" in report["loaded"]
     assert not report["mismatched"]
@@ -102,13 +118,26 @@ def test_tiny_finetune_config_trains_one_step(config, data, extra, request, tmp_
     assert len(last) == 1
     checkpoint = torch.load(last[0], map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 1
-    assert checkpoint["medssl"]["architecture"] == NETS[config]
+    assert checkpoint["medssl"]["net"] == NETS[config]
+    assert checkpoint["medssl"]["kind"] == "finetuned"
 
 
 def test_tiny_segmentation_validates(small_brats, tmp_path, monkeypatch):
+    """``medssl validate`` on the tiny BM-MAE segmentation recipe scores every validation case: Dice of each
+    region in [0, 1] (or NaN where a region is empty in every case), the mean over them, and HD95."""
+    import math
+
     monkeypatch.chdir(tmp_path)
     config = "configs/finetune/bmmae_brats_tiny.yaml"
-    MedsslCLI(args=["validate", *_fit_args(config, small_brats, tmp_path), "--model.init_args.tta_flip", "false"])
+    cli = MedsslCLI(args=["validate", *_fit_args(config, small_brats, tmp_path), "--model.init_args.tta_flip",
+                          "false"])
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    regions = ("tc", "wt", "et")
+    assert {f"val/dice_{r}" for r in regions} | {f"val/hd95_{r}" for r in regions} | {"val/dice_mean"} <= set(metrics)
+    dice = [metrics[f"val/dice_{r}"] for r in regions]
+    assert all(math.isnan(d) or 0.0 <= d <= 1.0 for d in dice) and not all(math.isnan(d) for d in dice)
+    assert 0.0 <= metrics["val/dice_mean"] <= 1.0
+    assert len(cli.datamodule.val_cases) == 2  # two folds of four cases: every validation case was scored
 
 
 def test_cache_per_node_reaches_lightning(small_brats, tmp_path, monkeypatch):
@@ -133,9 +162,9 @@ def _recipe_lines(path):
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if "# recipe:" in (REPO / c).read_text()])
 def test_recipe_header_matches_its_values(config):
-    import yaml
+    from medssl.runs import resolve
 
-    data = yaml.safe_load((REPO / config).read_text())
+    data = resolve([REPO / config], ["--data.root", "/x"])  # the blocks a recipe takes are resolved too
     lines = list(_recipe_lines(config))
     assert lines
     for key, expected in lines:
@@ -189,14 +218,34 @@ OVERLAYS = {  # overlay -> the recipe it is stacked on in this test, and what it
     "configs/net/bmmae_official.yaml": ("configs/finetune/bmmae_brats_tiny.yaml",
                                         lambda cli: cli.model.net.encoder.axis_order == "xyz"
                                         and cli.datamodule.voxel_aligned),
-    "configs/system/select_poly.yaml": ("configs/finetune/unet_picai_tiny.yaml",
-                                        lambda cli: cli.model.hparams.lr_schedule == "poly"),
 }
 
 
 def test_every_overlay_is_tested():
-    overlays = {c for c in CONFIGS if c.split("/")[1] in ("trainer", "data", "net", "system")}
+    overlays = {c for c in CONFIGS if c.split("/")[1] in ("trainer", "data", "net", "system")} - set(BLOCKS)
     assert overlays == set(OVERLAYS) | {"configs/trainer/gpu_bf16.yaml"}
+
+
+def test_picai_recipes_take_their_data_and_trainer_blocks_whole():
+    """The four PI-CAI recipes stack the shared blocks (the file says so and the resolved sections are the
+    block's), and the tiny block's augmentation is the real-size one but for its documented departure."""
+    import yaml
+
+    from medssl.runs import resolve
+
+    assert set(BLOCKS) == {f"configs/{s}/{b}.yaml" for s in ("data", "trainer") for b in ("picai", "picai_tiny")}
+    for recipe, (data, trainer) in PICAI.items():
+        raw = yaml.safe_load((REPO / recipe).read_text())
+        assert raw["data"] == f"../data/{data}.yaml" and raw["trainer"] == f"../trainer/{trainer}.yaml", recipe
+        resolved = resolve([REPO / recipe], ["--data.root", "/x"])
+        block = resolve([], ["--model", "medssl.systems.finetune.DetectionSystem", "--model.net",
+                             "monai.networks.nets.BasicUNet", "--data", str(REPO / f"configs/data/{data}.yaml"),
+                             "--data.root", "/x", "--trainer", str(REPO / f"configs/trainer/{trainer}.yaml")])
+        assert resolved["data"] == block["data"] and resolved["trainer"] == block["trainer"], recipe
+    full, tiny = (yaml.safe_load((REPO / f"configs/data/{b}.yaml").read_text())["init_args"]["augmentation"]
+                  for b in ("picai", "picai_tiny"))
+    assert {k for k in full if full[k] != tiny.get(k)} == {"lowres_prob"} and set(full) == set(tiny)
+    assert "lowres_prob 0" in (REPO / "configs/data/picai_tiny.yaml").read_text()
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))

@@ -12,7 +12,8 @@ import torch
 from picai_eval import evaluate
 
 from medssl.data.layouts import discover
-from tests.conftest import REPO, cv_workers, run_medssl, wait_for_cv_workers
+from medssl.data.synth import synth_picai
+from tests.conftest import REPO, cv_workers, plant_evil_checkpoint, run_medssl, wait_for_cv_workers
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
@@ -194,7 +195,6 @@ def test_terminated_cv_stops_its_workers(picai_root, tmp_path):
 
 def test_cv_refuses_a_planted_checkpoint_in_an_interrupted_fold(cv_run, picai_root, tmp_path):
     """cv resumes an interrupted fold from its last.ckpt: a code-carrying one is refused, its code never runs."""
-    from tests.test_reliability import plant_evil_checkpoint
 
     out = tmp_path / "out"
     shutil.copytree(cv_run / "out", out)
@@ -237,10 +237,23 @@ def test_label_fractions_are_nested_patient_grouped_and_validate_the_same_cases(
     assert (out / "label_efficiency.png").is_file()
     assert "## Label efficiency" in (out / "cv_report.md").read_text()
 
+    # infer --cv on the study: a fraction's folds (either run), never a silent pick between fractions
+    new = tmp_path / "new"
+    synth_picai(new, cases=2, seed=32, first_patient=96000)
+    refused = run_medssl("infer", "--cv", str(out), "--data.root", str(new), "--output", str(tmp_path / "p"),
+                         cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "fractions 0.5, 1" in refused.stderr.strip().splitlines()[-1] and not (tmp_path / "p").exists()
+    for fraction, run, base in ((1.0, None, out / "fraction_1"), (0.5, "scratch", out / "fraction_0.5" / "scratch")):
+        pred = tmp_path / f"pred_{fraction:g}"
+        result = run_medssl("infer", "--cv", str(out), "--fraction", f"{fraction:g}", *(["--run", run] if run else []),
+                            "--data.root", str(new), "--output", str(pred), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        models = [m["checkpoint"] for m in json.loads((pred / "predictions.json").read_text())["models"]]
+        assert models == [str(base / "fold_0" / "checkpoints" / "last.ckpt")]
+
 
 def test_infer_cv_uses_every_folds_reported_checkpoint(cv_run, picai_root, tmp_path):
-    from medssl.data.synth import synth_picai
-
     new = tmp_path / "new"
     synth_picai(new, cases=2, seed=31, first_patient=95000)
     result = run_medssl("infer", "--cv", str(cv_run / "out"), "--data.root", str(new), "--output",

@@ -15,19 +15,18 @@ from medssl.commands.embed import main as embed_main
 from medssl.data.datamodule import MRIDataModule
 from medssl.data.geometry import Grid
 from medssl.data.synth import synth_picai
-from medssl.data.transforms import deterministic_transforms
-from medssl.embed import case_transform
+from medssl.data.transforms import case_transform, deterministic_transforms
 from medssl.errors import ConfigError
 from medssl.models.cswin_unet import CSwinUNet, pad_to_multiple
 from medssl.models.ssl_heads import CSwinSSLModel
+from medssl.runs import resolve
 from tests.conftest import REPO
-from tests.models.test_bmmae import reference_encode
-from tests.models.test_bmmae_official import (
+from tests.models.bmmae_reference import (
     CASE_SHAPES,
     MODS,
     official_inputs,
     official_state_dict,
-    tiny_reference,  # noqa: F401 (fixture)
+    reference_encode,
     write_brats_case,
 )
 
@@ -75,7 +74,7 @@ def test_voxel_aligned_case_transform_crops_as_monai(brats):
     assert not torch.allclose(torch.as_tensor(centred["image"]), torch.as_tensor(item["image"]), atol=1e-3)
 
 
-def test_official_weights_give_the_official_pipelines_cls(brats, official, tiny_reference, tmp_path):  # noqa: F811
+def test_official_weights_give_the_official_pipelines_cls(brats, official, tiny_reference, tmp_path):
     path, sd = official
     out = tmp_path / "emb"
     assert _embed("--checkpoint", str(path), "--data.layout", "brats", "--data.root", str(brats),
@@ -100,7 +99,7 @@ def test_official_weights_give_the_official_pipelines_cls(brats, official, tiny_
         np.testing.assert_array_equal(np.array([float(row[f"f{i}"]) for i in range(48)], np.float32), saved)
 
 
-def test_mean_pooling_and_resume_and_a_foreign_folder(brats, official, tiny_reference, tmp_path, capsys,  # noqa: F811
+def test_mean_pooling_and_resume_and_a_foreign_folder(brats, official, tiny_reference, tmp_path, capsys,
                                                       monkeypatch):
     path, sd = official
     out = tmp_path / "emb"
@@ -150,7 +149,7 @@ def picai(tmp_path_factory):
     ("configs/finetune/cswin_picai_tiny.yaml", CSwinUNet, "CSwinUNet"),  # DetectionSystem: the encoder part
 ])
 def test_cswin_checkpoint_mean_pools_the_bottleneck(picai, tmp_path, config_file, net_class, architecture):
-    config = yaml.safe_load((REPO / config_file).read_text())
+    config = resolve([REPO / config_file], ["--data.root", str(picai)])  # as a run resolves (and saves) it
     torch.manual_seed(0)
     net = net_class(**config["model"]["init_args"]["net"]["init_args"]).eval()
     data_args = config["data"]["init_args"]
@@ -162,13 +161,15 @@ def test_cswin_checkpoint_mean_pools_the_bottleneck(picai, tmp_path, config_file
                            "spacing": data_args["spacing"], "spatial_size": data_args["spatial_size"],
                            "config": yaml.safe_dump(config)}}, ckpt)
     out = tmp_path / "emb"
-    with pytest.raises(ConfigError, match="no CLS token; use --pool mean"):
+    with pytest.raises(ConfigError, match="pools mean; use --pool mean"):
         _embed("--checkpoint", str(ckpt), "--data.layout", "picai", "--data.root", str(picai), "--output", str(out))
     assert _embed("--checkpoint", str(ckpt), "--data.layout", "picai", "--data.root", str(picai),
                   "--output", str(out), "--pool", "mean") == 0
 
+    # the preprocessing the run trained with: its config's clipping too (the medssl entry here does not record it)
     data = MRIDataModule(layout="picai", root=str(picai), spacing=data_args["spacing"],
-                         spatial_size=data_args["spatial_size"], cache_dir=None, augmentation=None)
+                         spatial_size=data_args["spatial_size"], cache_dir=None, augmentation=None,
+                         clip_percentiles=data_args.get("clip_percentiles"))
     cases = data.discover()
     transform = deterministic_transforms(data.preprocessing(with_labels=False))
     for case in cases:

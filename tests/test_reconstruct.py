@@ -18,16 +18,15 @@ from medssl.commands.reconstruct import main as reconstruct_main
 from medssl.data.datamodule import MRIDataModule
 from medssl.data.synth import synth_brats
 from medssl.data.transforms import deterministic_transforms
-from medssl.errors import CheckpointError, ConfigError
-from medssl.models.bmmae import BMMAE, infer_sizes
+from medssl.errors import CheckpointError
+from medssl.models.bmmae import BMMAE
 from medssl.reconstruct import reconstruct_case, to_case_intensities
 from tests.conftest import REPO, run_medssl
-from tests.models.test_bmmae_official import (
+from tests.models.bmmae_reference import (
     CASE_SHAPES,
     OFFICIAL_TINY,
     official_inputs,
     official_state_dict,
-    tiny_reference,  # noqa: F401 (fixture)
     write_brats_case,
 )
 
@@ -184,45 +183,6 @@ def test_oracle_reconstruction_lands_on_the_case_voxels(brats, tmp_path):
     assert np.median(error) < 1e-4 and error.max() < 0.02  # exact but for a few voxels the edge still reaches
 
 
-def _lightning_like(model: BMMAE) -> dict:
-    return {"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-            "medssl": {"architecture": "bmmae", "modalities": list(MODS), "spacing": [2.0, 2.0, 2.0],
-                       "spatial_size": [32, 32, 32]}}
-
-
-def test_from_checkpoint_sizes_from_shapes_and_heads_from_config(tmp_path):
-    model = BMMAE(**TINY)
-    sizes = infer_sizes(model.state_dict())
-    assert sizes == {"modalities": list(MODS), "patch_size": 16, "embed_dim": 48, "depth": 3, "mlp_ratio": 2.0,
-                     "decoder_embed_dim": 24, "decoder_depth": 1, "decoder_mlp_dim": 48, "num_patches": 8}
-    path = tmp_path / "lone.ckpt"
-    torch.save(_lightning_like(model), path)
-    with pytest.raises(ConfigError, match="num_heads and decoder_num_heads .*--config"):
-        BMMAE.from_checkpoint(path)
-    with pytest.raises(ConfigError, match="embed_dim is 768 but .* has 48"):
-        BMMAE.from_checkpoint(path, str(REPO / "configs/pretrain/bmmae_brats.yaml"))
-    rebuilt, settings = BMMAE.from_checkpoint(path, str(TINY_CONFIG))
-    assert settings["spacing"] == [2.0, 2.0, 2.0] and rebuilt.img_size == (32, 32, 32)
-    assert rebuilt.axis_order == "zyx" and settings["voxel_aligned"] is False
-    assert rebuilt.blocks[0].attn.num_heads == 4 and rebuilt.decoder.decoder_blocks[0].attn.num_heads == 4
-    for key, value in model.state_dict().items():
-        assert torch.equal(rebuilt.state_dict()[key], value), key
-
-
-def test_plain_state_dict_of_reference_sizes_loads_like_the_official_file(tmp_path, monkeypatch):
-    import medssl.models.bmmae as bmmae
-
-    # the official bmmae.pth at tiny size: no metadata, no config, cubic token grid
-    monkeypatch.setattr(bmmae, "_REFERENCE_SIZES", {k: TINY[k] for k in bmmae._REFERENCE_SIZES})
-    monkeypatch.setattr(bmmae, "_REFERENCE_HEADS", {"num_heads": 4, "decoder_num_heads": 4})
-    model = BMMAE(**TINY)
-    torch.save(model.state_dict(), tmp_path / "bmmae.pth")
-    rebuilt, settings = BMMAE.from_checkpoint(tmp_path / "bmmae.pth")
-    assert rebuilt.img_size == (32, 32, 32) and settings["spacing"] == [1.0, 1.0, 1.0]
-    assert rebuilt.axis_order == "xyz" and settings["voxel_aligned"] is True
-    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
-
-
 def test_weights_without_decoder_refused(brats, tmp_path):
     encoder = BMMAE(**TINY, with_decoder=False)
     torch.save({"state_dict": {f"net.encoder.{k}": v for k, v in encoder.state_dict().items()}}, tmp_path / "seg.ckpt")
@@ -241,7 +201,7 @@ def test_to_case_intensities_maps_onto_the_reference_distribution():
     assert out.dtype == np.float32
 
 
-def test_official_weights_write_the_official_prediction_in_the_case_geometry(tmp_path, tiny_reference):  # noqa: F811
+def test_official_weights_write_the_official_prediction_in_the_case_geometry(tmp_path, tiny_reference):
     """Non-cubic 1 mm BraTS cases (x, y axes negative) and an official-format file: each missing sequence lands in
     the case's own grid, and inside the 32^3 crop it is the official model's prediction on the official pipeline's
     [x, y, z] arrays, mapped onto the t1 intensities."""

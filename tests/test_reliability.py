@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, cv_workers, run_medssl, wait_for_cv_workers
+from tests.conftest import REPO, cv_workers, plant_evil_checkpoint, run_medssl, wait_for_cv_workers
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips it
 
@@ -119,21 +119,6 @@ def test_ddp_two_cpu_processes_see_different_cases(brats_root, tmp_path):
     assert len(seen[0] | seen[1]) == n_cases
     assert len(list(cache.rglob("*.pt"))) == n_cases
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-
-
-class _Evil:
-    """Pickles to a call of ``exec``: loading it unsafely writes the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
-def plant_evil_checkpoint(path: Path, marker: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "hyper_parameters": _Evil(marker)}, path)
 
 
 def test_planted_last_ckpt_is_refused_even_when_torch_is_told_to_unpickle(picai_root, tmp_path):

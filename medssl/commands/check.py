@@ -9,7 +9,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     from medssl.data.check import check_dataset, format_summary
-    from medssl.data.layouts import LAYOUTS
+    from medssl.data.layouts import LAYOUTS, brats, picai
     from medssl.progress import progress
 
     parser = argparse.ArgumentParser(prog="medssl check", description="Read every case and summarise the data.")
@@ -17,10 +17,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--layout", choices=list(LAYOUTS), required=True)
     parser.add_argument("--labels", default=None, help="PI-CAI picai_labels folder (default: beside images/)")
     parser.add_argument("--label-source", "--data.label_source", dest="label_source", default=None,
-                        choices=["human_expert", "AI", "human_expert+AI"],
+                        choices=list(picai.LABEL_SOURCES),
                         help="PI-CAI labels (default human_expert+AI: expert where present, else AI-derived)")
     parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", default=None,
-                        choices=["2021", "2023"], help="BraTS label convention (default: from the file naming)")
+                        choices=list(brats.OPTIONS), help="BraTS label convention (default: from the file naming)")
     parser.add_argument("--modalities", default=None, help="comma-separated modalities (datalist)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)

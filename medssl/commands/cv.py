@@ -20,11 +20,12 @@ def _folds(text: str | None) -> list[int] | None:
 def main(argv: list[str]) -> int:
     from medssl.cv import run_cv, run_worker
     from medssl.progress import quiet_lightning
+    from medssl.runs import resolve
 
     parser = argparse.ArgumentParser(
         prog="medssl cv", description="Patient-grouped k-fold finetuning with PI-CAI evaluation. Any other "
         "option (e.g. --trainer.max_epochs 2, --data.root DIR, --data.split_file S.json) is passed to each fold's fit.")
-    parser.add_argument("--config", action="append", required=True, help="finetuning config (repeatable)")
+    parser.add_argument("--config", action="append", default=None, help="finetuning config (repeatable)")
     parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--twin", action="store_true",
@@ -41,6 +42,7 @@ def main(argv: list[str]) -> int:
                              "(nested, stratified; validation unchanged), e.g. 0.1,0.25,0.5,1.0")
     parser.add_argument("--verbose", action="store_true", help="Lightning's model summaries and tips")
     # a worker process started by --workers: one fold, no report
+    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
     parser.add_argument("--worker-fold", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.add_argument("--worker-run", default="pretrained", help=argparse.SUPPRESS)
@@ -49,9 +51,11 @@ def main(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
     if args.worker_fold is not None:
-        run_worker(args.config, overrides, args.output, args.worker_fold, args.worker_dir, args.worker_run,
+        run_worker(args.worker_config, args.output, args.worker_fold, args.worker_dir, args.worker_run,
                    args.worker_scratch, args.worker_fraction, args.selection, args.verbose)
         return 0
+    if not args.config:
+        raise ConfigError("give the finetuning recipe with --config (e.g. configs/finetune/cswin_picai_tiny.yaml)")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give 1 or more")
     fractions = None
@@ -60,8 +64,10 @@ def main(argv: list[str]) -> int:
             fractions = [float(f) for f in args.train_fractions.split(",")]
         except ValueError:
             raise ConfigError(f"--train-fractions {args.train_fractions!r}: give fractions like 0.25,0.5,1.0") from None
-    report = run_cv(args.config, overrides, _folds(args.folds), args.output, args.twin, args.workers,
-                    args.selection, args.overwrite, args.verbose, fractions)
+    folds = _folds(args.folds)
+    config = resolve(args.config, overrides)  # the recipe and the options, parsed once; the folds build from it
+    report = run_cv(config, folds, args.output, args.twin, args.workers, args.selection, args.overwrite,
+                    args.verbose, fractions)
     for row in report.get("fractions", []):
         diff = (row.get("difference") or {}).get("score") or {}
         print(f"fraction {row['fraction']:g}: " + ", ".join(

@@ -13,7 +13,7 @@ import json
 
 
 def _parser() -> argparse.ArgumentParser:
-    from medssl.data.layouts import LAYOUTS, PICAI_LABEL_SOURCES
+    from medssl.data.layouts import LAYOUTS, brats, picai
 
     parser = argparse.ArgumentParser(
         prog="medssl evaluate",
@@ -26,18 +26,18 @@ def _parser() -> argparse.ArgumentParser:
     labels.add_argument("--labels", metavar="LABELS",
                         help="folder of <case_id>.nii.gz label maps (e.g. picai_labels/csPCa_lesion_delineations/"
                              "human_expert/resampled)")
-    labels.add_argument("--layout", choices=LAYOUTS, help="find the labels by case discovery under --data.root")
+    labels.add_argument("--layout", choices=list(LAYOUTS), help="find the labels by case discovery under --data.root")
     parser.add_argument("--data.root", dest="root", metavar="ROOT", help="data root of --layout (datalist: the file)")
     parser.add_argument("--data.labels_root", dest="labels_root", metavar="DIR", help="PI-CAI picai_labels folder "
                         "(default: beside images/)")
     parser.add_argument("--data.label_source", "--label-source", dest="label_source", default=None,
-                        choices=PICAI_LABEL_SOURCES,
+                        choices=list(picai.LABEL_SOURCES),
                         help="PI-CAI labels (default: discovery's, human_expert+AI, the published cohort)")
     parser.add_argument("--task", choices=["detection", "segmentation"], default=None,
                         help="default: segmentation for --layout brats, else detection")
     parser.add_argument("--missing", choices=["error", "empty"], default="error",
                         help="a labelled case without a map: refuse (default) or score it as an empty map")
-    parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", choices=["2021", "2023"],
+    parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", choices=list(brats.OPTIONS),
                         default=None,
                         help="segmentation label convention: enhancing tumour 4 (2021) or 3 (2023); "
                              "default: read from each map's values")
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from medssl.data.layouts import LAYOUTS
     from medssl.errors import ConfigError
     from medssl.evaluation.evaluate import (
         discover_labels,
@@ -73,7 +74,8 @@ def main(argv: list[str]) -> int:
         if args.root or args.labels_root or args.label_source:
             raise ConfigError("--data.root, --data.labels_root and --data.label_source go with --layout, not --labels")
         labels = args.labels
-    task = args.task or ("segmentation" if args.layout == "brats" else "detection")
+    brats_like = args.layout is not None and LAYOUTS[args.layout].label_kind == "brats"
+    task = args.task or ("segmentation" if brats_like else "detection")
     result = evaluate_predictions(
         args.predictions, labels, task=task, missing=args.missing, label_reference=reference,
         compare_with=args.compare, brats_labels=args.brats_labels, n_bootstrap=args.bootstrap,

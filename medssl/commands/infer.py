@@ -1,7 +1,8 @@
 """``medssl infer``: finetuned models on new cases, maps in each case's own geometry.
 
 ``--checkpoint A.ckpt [B.ckpt ...]`` (several: their mean, a fold ensemble) or ``--cv CV_DIR`` (the
-reported checkpoint of every fold of a ``medssl cv`` output; ``--run scratch`` for its twin).
+reported checkpoint of every fold of a ``medssl cv`` output; ``--run scratch`` for its twin; ``--fraction F``
+for one fraction of a label-efficiency study).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from medssl.errors import ConfigError
 
 
 def main(argv: list[str]) -> int:
-    from medssl.inference import cv_checkpoints, run_infer
+    from medssl.folders import CvOutput
+    from medssl.inference import run_infer
     from medssl.progress import progress, quiet_lightning
+    from medssl.runs import parse_overrides
 
     parser = argparse.ArgumentParser(
         prog="medssl infer", description="Predict new cases with a finetuned checkpoint or a fold ensemble. Other "
@@ -24,6 +27,8 @@ def main(argv: list[str]) -> int:
     models.add_argument("--cv", help="a medssl cv output: every fold's reported checkpoint, averaged")
     parser.add_argument("--run", choices=["pretrained", "scratch"], default=None,
                         help="with --cv: the pretrained run or its from-scratch twin (default: the output's main run)")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="with --cv on a label-efficiency study (--train-fractions): the fraction to use")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--config", action="append", default=None,
                         help="the runs' config (default: the config saved in each checkpoint, else its run's)")
@@ -31,12 +36,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
-    if args.run and not args.cv:
-        raise ConfigError("--run chooses a run of a --cv output; with --checkpoint leave it out")
-    checkpoints = cv_checkpoints(args.cv, args.run) if args.cv else args.checkpoint
+    for option in ("run", "fraction"):
+        if getattr(args, option) is not None and not args.cv:
+            raise ConfigError(f"--{option} chooses the folds of a --cv output; with --checkpoint leave it out")
     if args.cv and args.config:
         raise ConfigError("--cv takes each fold's config from its checkpoint; leave out --config")
-    record = run_infer(checkpoints, args.output, args.config, overrides, args.overwrite,
+    options = parse_overrides(overrides)
+    checkpoints = CvOutput(Path(args.cv)).checkpoints(args.run, args.fraction) if args.cv else args.checkpoint
+    record = run_infer(checkpoints, args.output, args.config, options, args.overwrite,
                        progress=lambda cases: progress(cases, "medssl infer"))
     print(f"wrote {len(record['cases'])} case(s) to {args.output} with {len(record['models'])} model(s) "
           f"({len(record['skipped'])} skipped); summary: {Path(args.output) / 'predictions.json'}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medssl.data.geometry import Grid
-from medssl.data.layouts import discover
+from medssl.data.layouts import discover, get_layout
 from medssl.data.preprocess import load_case, preprocessing_for
 from medssl.errors import DataError
 
@@ -33,7 +33,7 @@ def check_dataset(
         kwargs["label_source"] = label_source
     cases = discover(layout, root, labels_root, modalities=modalities, **kwargs)
     modalities = list(modalities or cases[0].images)
-    brats = layout == "brats"
+    brats = get_layout(layout).label_kind == "brats"  # tumour regions, not lesion masks
     prep = preprocessing_for(layout, modalities, with_labels=True, task="segmentation" if brats else "detection")
     errors: list[str] = []
     positive = 0
@@ -70,7 +70,7 @@ def check_dataset(
         "modalities": {m: presence.get(m, 0) for m in modalities},
         "geometry": geometry,
         **({"label_sources": dict(Counter(c.label_source for c in cases if c.label is not None
-                                          and getattr(c, "label_source", None)))} if layout != "brats" else {}),
+                                          and getattr(c, "label_source", None)))} if not brats else {}),
         **({"regions": {r: regions.get(r, 0) for r in ("TC", "WT", "ET")},
             "label_convention": sorted({c.label_convention for c in cases if getattr(c, "label_convention", None)})}
            if brats else {}),

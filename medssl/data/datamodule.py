@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from medssl.data.cache import SafePersistentDataset
-from medssl.data.layouts import MODALITIES, Case, discover
+from medssl.data.layouts import Case, discover, get_layout
+from medssl.data.layouts.brats import OPTIONS as BRATS_OPTIONS
 from medssl.data.preprocess import Preprocessing, preprocessing_for, read_image
 from medssl.data.splits import default_split_file, load_or_make_folds, training_subset
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
@@ -50,7 +51,8 @@ class MRIDataModule(LightningDataModule):
     """Shared options of both data modules.
 
     Args:
-        layout: ``picai``, ``brats`` or ``datalist``.
+        layout: a layout of ``medssl.data.layouts.LAYOUTS``: ``picai``, ``brats``, ``prostate158``, ``nnunet``,
+            ``datalist`` (or one a user registered).
         root: PI-CAI: the folder holding ``images/`` (or ``images/`` itself); BraTS: the folder
             of case folders; datalist: the JSON/CSV file.
         labels_root: PI-CAI's ``picai_labels`` folder; looked for beside ``images/`` when unset.
@@ -92,7 +94,7 @@ class MRIDataModule(LightningDataModule):
 
     def __init__(
         self,
-        layout: Literal["picai", "brats", "prostate158", "nnunet", "datalist"] = "picai",
+        layout: str = "picai",
         root: str = "",
         labels_root: str | None = None,
         label_source: Literal["human_expert", "AI", "human_expert+AI"] = "human_expert+AI",
@@ -112,7 +114,7 @@ class MRIDataModule(LightningDataModule):
         split_missing: Literal["error", "drop"] = "error",
         on_bad_case: Literal["stop", "skip"] = "stop",
         cache_per_node: bool = True,
-        brats_labels: Literal["2021", "2023"] | None = None,
+        brats_labels: str | None = None,
         clip_percentiles: list[float] | None = None,
         voxel_aligned: bool = False,
         train_fraction: float = 1.0,
@@ -129,9 +131,8 @@ class MRIDataModule(LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         self.layout, self.root, self.labels_root, self.label_source = layout, root, labels_root, label_source
-        self.modalities = list(modalities or MODALITIES.get(layout, ()))
-        if not self.modalities and layout == "datalist":
-            self.modalities = []  # read from the datalist in setup
+        # a layout without fixed modality names (nnunet, datalist) reads them from the data in setup
+        self.modalities = list(modalities or get_layout(layout).modalities)
         self.task = task
         self.spacing = _triple(spacing, "data.spacing")
         self.spatial_size = _triple(spatial_size, "data.spatial_size", int)
@@ -151,7 +152,10 @@ class MRIDataModule(LightningDataModule):
         self.fold, self.n_folds, self.split_file, self.split_seed = fold, n_folds, split_file, split_seed
         self.split_missing = split_missing
         self.on_bad_case = on_bad_case
-        self.brats_labels = brats_labels
+        if brats_labels is not None and str(brats_labels) not in BRATS_OPTIONS:
+            raise ConfigError(f"data.brats_labels {brats_labels!r}: choose {' or '.join(BRATS_OPTIONS)}, or null to "
+                              "tell from the file names")
+        self.brats_labels = None if brats_labels is None else str(brats_labels)
         if clip_percentiles is not None and (len(clip_percentiles) != 2
                                              or not 0 <= clip_percentiles[0] < clip_percentiles[1] <= 100):
             raise ConfigError(f"data.clip_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, "

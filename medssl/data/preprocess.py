@@ -24,7 +24,8 @@ import SimpleITK as sitk
 
 from medssl.data.geometry import Grid, resample
 from medssl.data.integrity import MIN_OVERLAP, check_overlap
-from medssl.data.layouts import BRATS_ET_LABEL, LABEL_MAX, REFERENCE_ORDER
+from medssl.data.layouts import get_layout
+from medssl.data.layouts.brats import CONVENTIONS, get_convention
 from medssl.errors import DataError, one_line
 
 # 2: items carry their reference image's path; 3: incomplete files, impossible geometry and modalities off the
@@ -77,17 +78,13 @@ def preprocessing_for(
     clip_percentiles: tuple[float, float] | None = None,
     voxel_aligned: bool = False,
 ) -> Preprocessing:
-    """The preprocessing settings of a layout: its reference grid, its label values and encoding."""
-    if layout in REFERENCE_ORDER:
-        reference_order = tuple(m for m in REFERENCE_ORDER[layout] if m in modalities) or tuple(modalities)
-    else:
-        reference_order = tuple(modalities)
+    """The preprocessing settings of a layout (``medssl.data.layouts.LAYOUTS``): its reference grid, its label
+    values (BraTS: each case's own convention is checked in ``check_label``) and the label encoding."""
+    entry = get_layout(layout)
     label_mode = ("brats_regions" if task == "segmentation" else "binary") if with_labels else "none"
-    # BraTS: 0-4 as a set; each case's own convention (ET = 4 in 2021, 3 in 2023+) is checked in check_label
-    values = (0, 1, 2, 3, 4) if layout == "brats" else tuple(range(LABEL_MAX.get(layout, 255) + 1))
-    return Preprocessing(tuple(modalities), reference_order, layout in ("picai", "prostate158"), spacing,
-                         spatial_size, label_mode, values, tuple(clip_percentiles) if clip_percentiles else None,
-                         voxel_aligned)
+    return Preprocessing(tuple(modalities), entry.reference_for(modalities), entry.reference_required, spacing,
+                         spatial_size, label_mode, entry.label_values,
+                         tuple(clip_percentiles) if clip_percentiles else None, voxel_aligned)
 
 
 def _read_dicom_series(folder: str, case_id: str | None) -> sitk.Image:
@@ -196,7 +193,7 @@ def check_label(label: sitk.Image, reference: sitk.Image, prep: Preprocessing, c
             f"spacing {tuple(round(s, 3) for s in reference.GetSpacing())})", case_id, path)
     array = sitk.GetArrayViewFromImage(label)
     values = np.unique(array)
-    allowed = (0, 1, 2, BRATS_ET_LABEL[convention]) if convention in BRATS_ET_LABEL else prep.label_values
+    allowed = CONVENTIONS[convention].values if convention in CONVENTIONS else prep.label_values
     bad = [v for v in values.tolist() if v not in allowed]
     if bad:
         note = f" for {convention} labels (set data.brats_labels if the naming misleads)" if convention else ""
@@ -214,7 +211,7 @@ def encode_label(label: np.ndarray, mode: str, convention: str | None = None) ->
     if mode == "brats_regions":
         from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
-        et_label = BRATS_ET_LABEL.get(convention or "brats2021", 4)
+        et_label = get_convention(convention).et
         return np.asarray(ConvertToMultiChannelBasedOnBratsClasses(et_label=et_label)(label)).astype(np.uint8)
     raise ValueError(f"label_mode {mode!r}: choose binary, brats_regions or none")
 

@@ -19,7 +19,6 @@ Cases are ``<patient_id>_<study_id>`` for PI-CAI. A split never puts one patient
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -32,7 +31,8 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medssl.errors import ConfigError, DataError
-from medssl.io import write_json
+from medssl.io import read_json, write_json
+from medssl.records import package_version
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,6 @@ def _picai_baseline_folder(name: str) -> Path:
         raise ConfigError(f"data.split_file {name} reads the folds shipped by picai_baseline: pip install "
                           "picai_baseline")
     return Path(next(iter(spec.submodule_search_locations))) / "splits" / PICAI_SPLITS[name]
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:  # a source checkout on the path
-        return None
 
 
 def _json(path: Path) -> Any:
@@ -215,7 +208,7 @@ def _load(split_file: SplitFile) -> tuple[list[list[str]], dict[str, Any]]:
         path = _picai_baseline_folder(name) / "splits.json"
         folds = _parse_folds(_json(path), name)
         info = {"kind": "picai_public", "name": name, "path": str(path), "seed": None,
-                "package": f"picai_baseline {_version('picai_baseline')}"}
+                "package": f"picai_baseline {package_version('picai_baseline')}"}
     else:
         path = Path(split_file)
         if path.is_dir():
@@ -377,3 +370,50 @@ def training_subset(case_ids: Sequence[str], patient_ids: Sequence[str], positiv
         order = [members[i] for i in rng.permutation(len(members))]
         chosen.update(order[: max(1, int(round(fraction * len(members))))])
     return [c for c, p in zip(case_ids, patient_ids) if p in chosen]
+
+
+def prepare_cv_split(dm, split_file: Path, overwrite: bool = False) -> tuple[list[list[str]], dict[str, Any]]:
+    """The folds a cross-validation validates, kept in ``split_file`` (``medssl cv``'s ``OUTPUT/splits.json``).
+
+    A user's ``data.split_file`` (a file, a folder of picai_baseline ds-configs, nnU-Net's splits, or a
+    name such as ``picai_public``) is used as given: copied to ``split_file`` with its provenance, never
+    replaced. Otherwise folds are made with ``data.split_seed`` and kept there; a rerun with another seed
+    into the same output is refused (``overwrite`` remakes them).
+
+    Args:
+        dm: the data module (its ``split_file`` is pointed at ``split_file`` and it is set up for ``fit``).
+        split_file: where the cv keeps its folds.
+        overwrite: replace folds other settings made.
+
+    Returns:
+        ``(folds, source)``: the case ids of each fold, and where they came from with their hash (``sha256_used``).
+    """
+    user = dm.split_file
+    user_is_output = isinstance(user, str) and Path(user).resolve() == split_file.resolve()
+    kept = read_json(split_file, "split file") if split_file.is_file() else None
+    if user and not user_is_output:
+        source = split_source(user)
+        folds = read_split_file(user)
+        if kept is not None and read_split_file(split_file) != folds and not overwrite:
+            raise ConfigError(f"{split_file} holds other folds than data.split_file {user}; give a new --output "
+                              "or pass --overwrite")
+        if kept is None or read_split_file(split_file) != folds:
+            write_json(split_file, {"n_folds": len(folds), "source": source, "folds": folds})
+            kept = read_json(split_file, "split file")
+    else:
+        if overwrite and kept is not None and not (isinstance(kept, dict) and isinstance(kept.get("source"), dict)):
+            split_file.unlink()  # folds made from the seed: remade from the data (the same folds for the same data)
+            kept = None
+        recorded = kept.get("source") if isinstance(kept, dict) else None
+        source = recorded if isinstance(recorded, dict) else None
+        seed = kept.get("seed") if isinstance(kept, dict) else None
+        if source is None and seed is not None and seed != dm.split_seed and not overwrite:
+            raise ConfigError(f"{split_file} holds folds made with data.split_seed {seed}, not {dm.split_seed}; "
+                              "give a new --output or pass --overwrite")
+        if source is None and seed is not None and seed != dm.split_seed:
+            split_file.unlink()
+    dm.split_file = str(split_file)
+    dm.setup("fit")  # makes (or checks) the folds in split_file against the data
+    if source is None:
+        source = split_source(str(split_file))
+    return dm.folds, {**source, "sha256_used": folds_sha256(dm.folds)}

@@ -6,7 +6,7 @@ Keys: ``image`` [C, D, H, W] float32, ``modality_mask`` bool [C], optional ``lab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,9 @@ from monai.transforms import (
     Transform,
 )
 
+from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, load_case
+from medssl.errors import find_user_error
 
 
 @dataclass
@@ -162,3 +164,27 @@ def random_transforms(aug: Augmentation | None, patch_size: tuple[int, ...] | No
         steps.append(ZeroMissingd(keys="image"))
     steps.append(EnsureTyped(keys=keys, track_meta=False, allow_missing_keys=True))
     return Compose(steps)
+
+
+def case_transform(prep: Preprocessing, voxel_aligned: bool = False) -> Compose:
+    """The deterministic preprocessing of one case outside a data loader (``embed``, ``reconstruct``): read,
+    resample, clip and z-score over non-zero voxels.
+
+    Args:
+        prep: the preprocessing settings (``MRIDataModule.preprocessing(with_labels=False)``).
+        voxel_aligned: start the centre crop on a whole voxel, as the official BM-MAE pipeline (MONAI's
+            ``Spacingd`` + ``CenterSpatialCropd``) does on cases already at the target spacing; medssl's
+            own runs crop at the exact centre.
+    """
+    return Compose(list(deterministic_transforms(replace(prep, voxel_aligned=voxel_aligned)).transforms))
+
+
+def preprocess_case(transform: Compose, case: Case) -> dict[str, Any]:
+    """``transform`` on one case; a data error inside MONAI's wrapper comes out as itself (one line)."""
+    try:
+        return transform(case.to_item())
+    except RuntimeError as e:
+        user_error = find_user_error(e)
+        if user_error is None:
+            raise
+        raise user_error from None

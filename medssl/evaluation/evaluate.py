@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from picai_eval.metrics import Metrics
 
+from medssl.data.layouts import discover, get_layout
 from medssl.errors import ConfigError, DataError
 from medssl.evaluation.compare import compare_paired
 from medssl.evaluation.picai import bootstrap_ci, evaluate_maps, metrics_summary, read_label, scoring_grids
@@ -121,11 +122,9 @@ def discover_labels(
     Example:
         >>> labels, reference = discover_labels("picai", "/data/picai", "/data/picai_labels")
     """
-    from medssl.data.layouts import REFERENCE_ORDER, discover
-
     options = {} if label_source is None else {"label_source": label_source}
     cases = discover(layout, root, labels_root, **options)
-    return labels_of_cases(cases, REFERENCE_ORDER.get(layout, ("t2w",))[0])
+    return labels_of_cases(cases, (get_layout(layout).reference_order or ("t2w",))[0])
 
 
 def match_predictions(

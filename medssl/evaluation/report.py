@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medssl.evaluation.compare import compare_paired
-from medssl.evaluation.picai import bootstrap_ci, metrics_summary, pool_metrics
+from medssl.evaluation.picai import bootstrap_ci, evaluate_maps, metrics_summary, pool_metrics
 from medssl.io import atomic_target, write_json, write_text
 
 METRICS = ("auroc", "ap", "score")
@@ -303,6 +303,41 @@ def write_cv_report(
         entries = [(f"fold {row['fold']}", row, THIN) for row in summary["folds"]]
         write_curve_plots(output_dir, name, [*entries, ("pooled", summary["pooled"], BOLD)], f"_{_file_name(name)}")
     return report
+
+
+def score_folds(records: Mapping[str, Sequence[dict[str, Any]]],
+                label_reference: Mapping[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every fold record with its ``metrics``: picai_eval on exactly the maps the fold wrote and their labels.
+
+    Args:
+        records: run name -> the folds' ``fold_result.json`` contents (``predictions``, ``labels``).
+        label_reference: case -> the image whose grid the label is scored on, for labels stored on another grid
+            than the maps (Prostate158: the ADC grid, scored on the T2W grid).
+    """
+    label_reference = label_reference or {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run, folds in records.items():
+        out[run] = []
+        for record in folds:
+            record = dict(record)
+            record["metrics"] = evaluate_maps(record["predictions"], record["labels"],
+                                              label_reference={c: r for c, r in label_reference.items()
+                                                               if c in record["predictions"]})
+            out[run].append(record)
+    return out
+
+
+def fraction_row(fraction: float, report: Mapping[str, Any],
+                 records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """One fraction of a label-efficiency study: each run's pooled metrics and training-set sizes, and the
+    paired difference pretrained - scratch of the fraction's report."""
+    runs = {}
+    for name, summary in report["runs"].items():
+        sizes = [r["train_cases"] for r in records.get(name, [])]
+        runs[name] = {"pooled": summary["pooled"], "mean": summary["mean"], "std": summary["std"],
+                      "train_cases": sizes, "mean_train_cases": sum(sizes) / max(len(sizes), 1)}
+    return {"fraction": fraction, "runs": runs, "difference": report.get("comparison"),
+            "validation_cases": report["pooled"].get("num_cases")}
 
 
 def segmentation_summary(dice: Mapping[str, Sequence[float]], hd95: Mapping[str, Sequence[float]]) -> dict[str, Any]:

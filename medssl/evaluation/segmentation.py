@@ -22,11 +22,11 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
+from medssl.data.layouts.brats import CONVENTIONS, OPTIONS, get_convention
 from medssl.errors import ConfigError, DataError
 from medssl.evaluation.report import segmentation_summary
 
 REGIONS = ("TC", "WT", "ET")
-BRATS_LABELS = {"2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3)}  # the last value is the enhancing tumour
 
 
 def enhancing_label(
@@ -46,16 +46,18 @@ def enhancing_label(
         >>> enhancing_label([0, 1, 2, 3])
         3
     """
-    if brats_labels is not None and brats_labels not in BRATS_LABELS:
-        raise ConfigError(f"brats_labels {brats_labels!r}: choose 2021 (enhancing tumour 4) or 2023 (enhancing 3)")
+    if brats_labels is not None and brats_labels not in OPTIONS:
+        raise ConfigError(f"brats_labels {brats_labels!r}: choose "
+                          + " or ".join(f"{c.option} (enhancing tumour {c.et})" for c in CONVENTIONS.values()))
     values = sorted({int(v) for v in values})
-    allowed = BRATS_LABELS[brats_labels] if brats_labels else (0, 1, 2, 3, 4)
+    allowed = get_convention(brats_labels).values if brats_labels else tuple(sorted({v for c in CONVENTIONS.values()
+                                                                                     for v in c.values}))
     bad = [v for v in values if v not in allowed]
     if bad:
         what = f"BraTS {brats_labels} labels {list(allowed)}" if brats_labels else "BraTS labels 0, 1, 2, 3/4"
         raise DataError(f"values {bad[:5]} are not {what}: is this a label map (not probabilities)?", case_id, path)
     if brats_labels is not None:
-        return BRATS_LABELS[brats_labels][-1]
+        return get_convention(brats_labels).et
     if 3 in values and 4 in values:
         raise DataError("holds both 3 and 4, which no BraTS convention does (2021: enhancing tumour 4; 2023: "
                         "enhancing tumour 3)", case_id, path)

@@ -13,7 +13,7 @@ Parameter and buffer names follow the official ``bmmae.pth`` exactly, so the fil
 
     model = BMMAE.from_official("bmmae.pth")                 # strict: every key used, none left
     recon = model.eval().reconstruct({"t1": t1, "t2": t2}, missing=("flair",))
-    model, settings = BMMAE.from_checkpoint("runs/pre/checkpoints/last.ckpt")  # sizes from the weights
+    model, meta = medssl.weights.load_model("runs/pre/checkpoints/last.ckpt")  # any checkpoint kind
 
 **Axis order.** Volumes always arrive in medssl's array order ``[B, C, D, H, W] = [z, y, x]``
 (SimpleITK's). The weights carry their own order, ``axis_order``: ``"zyx"`` for weights medssl
@@ -28,7 +28,7 @@ Moving pretrained weights (official file, our pretraining checkpoint, a finetune
 encoder of a downstream net goes through the same filter, and the report says what happened::
 
     net = BMMAEUNETR(in_channels=4, out_channels=3, axis_order="xyz")
-    report = load_encoder_weights(net.encoder, load_checkpoint("bmmae.pth"))
+    report = load_encoder_weights(net.encoder, load_checkpoint("bmmae.pth"), axis_order="xyz")
     # report["skipped"] lists the decoder.* keys an encoder-only model does not have
 
 Missing modalities follow the project rule: zeros in the input plus ``modality_mask[b, m] = False``.
@@ -38,24 +38,21 @@ never attention keys, which makes the present tokens' outputs identical to a run
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-import yaml
 from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.checkpoint import WRAPPER_PREFIXES, load_checkpoint, load_weights, state_dict_of, strip_prefixes
+from medssl.checkpoint import WRAPPER_PREFIXES, load_weights, strip_prefixes
 from medssl.errors import CheckpointError, ConfigError
 from medssl.models.host import to_device
 
@@ -63,12 +60,10 @@ __all__ = [
     "BMMAE",
     "BMMAEUNETR",
     "BMMAEClassifier",
-    "axis_order_of",
     "check_axis_order",
     "checkpoint_filter_fn",
-    "find_config",
-    "infer_sizes",
     "load_encoder_weights",
+    "report_kinds",
     "sincos_pos_embed_3d",
 ]
 
@@ -304,6 +299,26 @@ class BMMAEDecoder(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
+@dataclass
+class Masking:
+    """How one pretraining batch was masked (``BMMAE.forward_encoder``).
+
+    Attributes:
+        ids_restore: ``[B, T]`` the token order from the shuffled one.
+        visible_valid: ``[B, n_vis]`` True where a visible slot holds a token (False: padding).
+        token_present: ``[B, T]`` True for the tokens of present modalities; None when every sample has all.
+        mask: ``[B, T]`` bool, True = hidden from the encoder and scored (absent modalities are False).
+        present: ``[B, k]`` the modalities each sample has, on the device; ``present_host`` the same on the host.
+    """
+
+    ids_restore: Tensor
+    visible_valid: Tensor
+    token_present: Tensor | None
+    mask: Tensor
+    present: Tensor
+    present_host: Tensor
+
+
 class BMMAE(nn.Module):
     """BM-MAE encoder (+ optional pretraining decoder).
 
@@ -453,38 +468,8 @@ class BMMAE(nn.Module):
             **kwargs: constructor arguments (defaults match the official file, ``axis_order="xyz"``).
         """
         model = cls(**{"axis_order": "xyz", **kwargs})
-        load_weights(model, path, checkpoint_filter_fn, strict=True, **_report_kinds(model))
+        load_weights(model, path, checkpoint_filter_fn, strict=True, **report_kinds(model))
         return model
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike, config: str | os.PathLike | None = None, with_decoder: bool | None = None
-    ) -> tuple[BMMAE, dict[str, Any]]:
-        """Rebuild a BM-MAE from its weights alone: the official file, our pretraining or finetuning checkpoints.
-
-        Sizes come from the tensor shapes (``infer_sizes``); the head counts, which no shape reveals,
-        from the run's config (``config``, the one saved in the checkpoint or the one Lightning logged
-        beside it) or, for the official file, from the reference. ``img_size`` comes from the config,
-        the checkpoint metadata or a cubic token grid; ``axis_order`` from the metadata (a medssl
-        checkpoint without one is ``zyx``), the config, or the format (the official file is ``xyz``).
-        A finetuned net's checkpoint gives its encoder.
-
-        Args:
-            path: checkpoint file (read with ``weights_only=True``).
-            config: the config the weights were trained with, if not found beside them.
-            with_decoder: build the pretraining decoder; None = when the weights have one.
-
-        Returns:
-            ``(model, settings)``: the model loaded strictly; settings ``spacing`` (``[D, H, W]`` mm),
-            ``voxel_aligned`` (crop on whole voxels as MONAI does: the official pipeline), ``official``
-            and ``config`` (the file used or None).
-
-        Example:
-            >>> model, settings = BMMAE.from_checkpoint("bmmae.pth")  # doctest: +SKIP
-            >>> model.axis_order, settings["spacing"]
-            ('xyz', [1.0, 1.0, 1.0])
-        """
-        return _from_checkpoint(cls, Path(path), config, with_decoder)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -639,7 +624,8 @@ class BMMAE(nn.Module):
         return key.flatten(1).argsort(dim=1), n_keep  # [B, T], [B]
 
     def forward(self, volumes: Mapping[str, Tensor], modality_mask: Tensor | None = None) -> dict:
-        """Pretraining step: mask, encode the visible tokens, decode, score the masked ones.
+        """Pretraining step, in the three steps of MAE: mask and encode the visible tokens, decode every token,
+        score the masked ones.
 
         Args:
             volumes: modality name -> ``[B, 1, D, H, W]`` z-normalised volumes (the targets too).
@@ -657,6 +643,31 @@ class BMMAE(nn.Module):
         if self.decoder is None:
             raise ValueError("this BMMAE was built with with_decoder=False; pretraining needs the decoder")
         names, vols, present, present_host = self._gather_inputs(volumes, modality_mask)
+        latent, masking = self.forward_encoder(names, vols, present, present_host)  # [B, 1 + n_vis, D]
+        pred = self.forward_decoder(latent, masking, names)  # [B, T, p^3]
+        mask = masking.mask.to(pred.dtype)  # [B, T], 1 = masked and scored
+        loss, loss_per_modality = self.forward_loss(vols, pred, mask, masking, names)
+        return {
+            "loss": loss,
+            "loss_per_modality": loss_per_modality,
+            "pred": pred,
+            "mask": mask,
+            "present": masking.present,
+            "modalities": tuple(names),
+        }
+
+    def forward_encoder(
+        self, names: Sequence[str], vols: Sequence[Tensor], present: Tensor | None, present_host: Tensor | None
+    ) -> tuple[Tensor, Masking]:
+        """Tokenize, keep each sample's visible budget (``random_masking``), encode ``[CLS, visible tokens]``.
+
+        Args:
+            names, vols, present, present_host: as ``_gather_inputs`` returns them (``present`` None: all present).
+
+        Returns:
+            The final-normed latent ``[B, 1 + n_vis, D]`` (samples keeping fewer than ``n_vis`` tokens are padded,
+            the padding masked as attention keys) and the ``Masking`` that made it.
+        """
         tokens = self._tokenize(names, vols)  # [B, T, D]
         B, T, D = tokens.shape
         all_present = present is None
@@ -676,26 +687,27 @@ class BMMAE(nn.Module):
         x = torch.gather(tokens, 1, ids_shuffle[:, :n_vis, None].expand(-1, -1, D))  # [B, n_vis, D]
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # [B, 1 + n_vis, D]
         x, _ = self._forward_blocks(x, None if all_present else _key_padding(visible_valid))
-        x = self.norm(x)
-        pred = self.decoder(x, ids_restore, names, visible_valid, None if all_present else token_present)
-
         # 1 = masked (hidden from the encoder, scored); 0 = visible or absent modality.
         hidden = torch.arange(T, device=x.device) >= n_keep[:, None]  # [B, T] in shuffled order
-        mask = (torch.gather(hidden, 1, ids_restore) & token_present).to(pred.dtype)  # [B, T]
-        loss, loss_per_modality = self._loss(vols, pred, mask, present, present_host, names)
-        return {
-            "loss": loss,
-            "loss_per_modality": loss_per_modality,
-            "pred": pred,
-            "mask": mask,
-            "present": present,
-            "modalities": tuple(names),
-        }
+        mask = torch.gather(hidden, 1, ids_restore) & token_present  # [B, T] in token order
+        masking = Masking(ids_restore, visible_valid, None if all_present else token_present, mask, present,
+                          present_host)
+        return self.norm(x), masking
 
-    def _loss(
-        self, vols: Sequence[Tensor], pred: Tensor, mask: Tensor, present: Tensor, present_host: Tensor,
-        names: Sequence[str],
+    def forward_decoder(self, latent: Tensor, masking: Masking, names: Sequence[str]) -> Tensor:
+        """Every token's voxels ``[B, T, p^3]`` from the latent: mask tokens re-inserted, modality embeddings added."""
+        return self.decoder(latent, masking.ids_restore, names, masking.visible_valid, masking.token_present)
+
+    def forward_loss(
+        self, vols: Sequence[Tensor], pred: Tensor, mask: Tensor, masking: Masking, names: Sequence[str],
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-modality MSE over the masked patches of the modalities each sample has.
+
+        Returns:
+            The loss (summed over a sample's modalities, averaged over samples) and the per-modality means over
+            the samples that have each modality.
+        """
+        present, present_host = masking.present, masking.present_host
         target = torch.cat([self.patchify(v) for v in vols], dim=1)  # [B, T, p^3]
         if self.norm_pix_loss:
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
@@ -1020,7 +1032,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: BMMAE) -> dict[st
     return {strip_prefixes(k, _STRIP_PREFIXES): v for k, v in state_dict.items() if isinstance(v, Tensor)}
 
 
-def _report_kinds(model: BMMAE) -> dict[str, Any]:
+def report_kinds(model: BMMAE) -> dict[str, Any]:
     """How ``load_weights`` files BM-MAE keys: a decoder the model lacks and fixed sin-cos tables of
     another grid (which the model rebuilds) are ``skipped``, not errors."""
     return {
@@ -1029,7 +1041,8 @@ def _report_kinds(model: BMMAE) -> dict[str, Any]:
     }
 
 
-def load_encoder_weights(model: BMMAE, checkpoint: Mapping, strict: bool = False) -> dict[str, list[str]]:
+def load_encoder_weights(model: BMMAE, checkpoint: Mapping, axis_order: str, strict: bool = False,
+                         name: str | None = None) -> dict[str, list[str]]:
     """Load official / pretraining / finetuned weights into a :class:`BMMAE` and report what happened.
 
     A thin call of ``medssl.checkpoint.load_weights`` with :func:`checkpoint_filter_fn`, after two
@@ -1038,9 +1051,10 @@ def load_encoder_weights(model: BMMAE, checkpoint: Mapping, strict: bool = False
 
     Args:
         model: full BMMAE or the ``encoder`` of a downstream net.
-        checkpoint: as ``medssl.checkpoint.load_checkpoint`` returns it (pass it whole: its ``medssl``
-            entry or its official format tells the axis order).
+        checkpoint: a state dict, or a checkpoint as ``medssl.checkpoint.load_checkpoint`` returns it.
+        axis_order: the array order the weights were trained on (``medssl.weights.CheckpointMeta``).
         strict: fail on any missing, unexpected or shape-mismatched key.
+        name: the weights, as named in messages.
 
     Returns:
         The report: ``loaded``, ``skipped`` (``decoder.*`` for a model without decoder, sin-cos tables
@@ -1052,237 +1066,24 @@ def load_encoder_weights(model: BMMAE, checkpoint: Mapping, strict: bool = False
             f"checkpoint was trained on modalities {tuple(saved)} but the model has {model.modalities}; "
             "set model.init_args.net.init_args.modalities to match"
         )
-    check_axis_order(model, checkpoint)
-    return load_weights(model, checkpoint, checkpoint_filter_fn, strict, **_report_kinds(model))
+    check_axis_order(model, axis_order, name or "checkpoint")
+    return load_weights(model, checkpoint, checkpoint_filter_fn, strict, **report_kinds(model), name=name)
 
 
-def _is_official(checkpoint: Mapping[str, Any]) -> bool:
-    """The official ``bmmae.pth`` format: a bare state dict with our key names at the top, no ``medssl`` entry."""
-    return ("medssl" not in checkpoint and isinstance(checkpoint.get("cls_token"), Tensor)
-            and any(str(k).startswith("tokenizers.") for k in checkpoint))
-
-
-def axis_order_of(checkpoint: Mapping[str, Any]) -> AxisOrder:
-    """The array order a BM-MAE checkpoint's weights were trained on.
-
-    Our checkpoints record it in their ``medssl`` entry (one without it predates the option: ``zyx``);
-    the official file (see ``_is_official``) is ``xyz``; anything else is taken for ours (``zyx``).
-
-    Args:
-        checkpoint: as ``medssl.checkpoint.load_checkpoint`` returns it (not unwrapped).
-    """
-    metadata = checkpoint.get("medssl")
-    if isinstance(metadata, Mapping):
-        return metadata.get("axis_order") or "zyx"
-    return "xyz" if _is_official(checkpoint) else "zyx"
-
-
-def check_axis_order(model: BMMAE, checkpoint: Mapping[str, Any], name: str = "checkpoint") -> None:
+def check_axis_order(model: BMMAE, axis_order: str, name: str = "checkpoint") -> None:
     """Refuse weights of another axis order than ``model``'s (``init_from``): nothing would fail later,
     every feature would just be that of a transposed volume.
+
+    Args:
+        model: the BMMAE the weights go into.
+        axis_order: the order the weights were trained on (``medssl.weights.CheckpointMeta.axis_order``).
+        name: the weights, as named in the message.
 
     Raises:
         ConfigError: naming the option to set.
     """
-    order = axis_order_of(checkpoint)
-    if order != model.axis_order:
-        source = "the official bmmae.pth format" if _is_official(checkpoint) else "its medssl entry"
+    if axis_order != model.axis_order:
         raise ConfigError(
-            f"{name} holds BM-MAE weights trained on {order} arrays ({source}) but the net reads them as "
-            f"{model.axis_order}; set model.init_args.net.init_args.axis_order to {order}"
+            f"{name} holds BM-MAE weights trained on {axis_order} arrays but the net reads them as "
+            f"{model.axis_order}; set model.init_args.net.init_args.axis_order to {axis_order}"
         )
-
-
-# --------------------------------------------------------------------------- model from weights
-
-# The official bmmae.pth: its sizes, and the head counts no tensor shape reveals.
-_REFERENCE_SIZES = {"embed_dim": 768, "depth": 12, "patch_size": 16, "decoder_embed_dim": 384, "decoder_depth": 3}
-_REFERENCE_HEADS = {"num_heads": 12, "decoder_num_heads": 12}
-_REFERENCE_SPACING = (1.0, 1.0, 1.0)
-_CONFIG_HINT = (
-    "pass --config with the pretraining config (e.g. configs/pretrain/bmmae_tiny.yaml), or keep the run's "
-    "config.yaml beside its checkpoints/ folder"
-)
-# BMMAE arguments a config may set that no tensor shape shows (the head counts are handled apart).
-_CONFIG_ONLY = ("decoder_dropout", "mask_ratio", "dirichlet_alpha", "norm_pix_loss")
-
-
-def _count(state: Mapping[str, Tensor], pattern: str) -> int:
-    """Number of distinct indices ``i`` in keys matching ``pattern`` (a regex with one group)."""
-    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
-
-
-def infer_sizes(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """The :class:`BMMAE` arguments that tensor shapes determine (everything but the head counts and img_size).
-
-    Args:
-        state: BMMAE state dict, wrapper prefixes stripped.
-
-    Returns:
-        ``modalities`` (tokenizer order), ``patch_size``, ``embed_dim``, ``depth``, ``mlp_ratio``,
-        ``num_patches`` (tokens per modality, None without a position table) and, when the weights
-        have a decoder, ``decoder_embed_dim``, ``decoder_depth`` and ``decoder_mlp_dim``.
-
-    Example:
-        >>> infer_sizes(BMMAE(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4).state_dict())["depth"]
-        2
-    """
-    suffix = ".patch_embedding.patch_embeddings.weight"
-    modalities = [k.removeprefix("tokenizers.").removesuffix(suffix) for k in state
-                  if k.startswith("tokenizers.") and k.endswith(suffix)]
-    if "cls_token" not in state or not modalities or "blocks.0.mlp.linear1.weight" not in state:
-        raise CheckpointError(f"not BM-MAE weights: no cls_token / tokenizers.* / blocks.* keys "
-                              f"(first keys: {list(state)[:4]})")
-    weight = state[f"tokenizers.{modalities[0]}{suffix}"]  # [D, 1, p, p, p]
-    embed_dim, patch_size = int(state["cls_token"].shape[-1]), int(weight.shape[-1])
-    pos = state.get(f"tokenizers.{modalities[0]}.patch_embedding.position_embeddings")  # [1, N, D]
-    sizes: dict[str, Any] = {
-        "modalities": modalities,
-        "patch_size": patch_size,
-        "embed_dim": embed_dim,
-        "depth": _count(state, r"blocks\.(\d+)\."),
-        "mlp_ratio": state["blocks.0.mlp.linear1.weight"].shape[0] / embed_dim,
-    }
-    if "decoder.decoder_pred.weight" in state:
-        sizes["decoder_embed_dim"] = int(state["decoder.decoder_embed.weight"].shape[0])
-        sizes["decoder_depth"] = _count(state, r"decoder\.decoder_blocks\.(\d+)\.")
-        if "decoder.decoder_blocks.0.mlp.linear1.weight" in state:
-            sizes["decoder_mlp_dim"] = int(state["decoder.decoder_blocks.0.mlp.linear1.weight"].shape[0])
-    sizes["num_patches"] = int(pos.shape[1]) if pos is not None else None
-    return sizes
-
-
-def _section(cfg: Any, *keys: str) -> dict:
-    for key in keys:
-        cfg = cfg.get(key) if isinstance(cfg, Mapping) else None
-    return dict(cfg) if isinstance(cfg, Mapping) else {}
-
-
-def find_config(path: Path, config: str | os.PathLike | None, metadata: Mapping) -> tuple[str | None, dict]:
-    """The config the weights at ``path`` were trained with: ``config``, the resolved one saved in the
-    checkpoint's ``medssl`` entry, or the one Lightning logged for the run (``medssl.runs.Run``).
-
-    Returns:
-        ``(where, config)``: a description of its source and the parsed mapping; ``(None, {})`` when there is none.
-    """
-    from medssl.runs import Run, read_config
-
-    if config is not None:
-        if not Path(config).is_file():
-            raise ConfigError(f"--config {config}: file not found")
-        return str(config), read_config(config)
-    if isinstance(metadata.get("config"), str):
-        data = yaml.safe_load(metadata["config"])
-        return f"{path} (its saved config)", data if isinstance(data, dict) else {}
-    run = Run.of_checkpoint(path)
-    if not run.logged_configs():
-        return None, {}
-    found = run.config_for(path)
-    return str(found), read_config(found)
-
-
-def _net_arguments(cfg: Mapping, where: str | None) -> dict[str, Any]:
-    """``model.init_args.net.init_args`` of a BM-MAE config; a pretraining config's omissions get BMMAE's defaults
-    (not ``img_size`` and ``axis_order``: left unset, the checkpoint's metadata or format decides them)."""
-    if where is None:
-        return {}
-    net = _section(cfg, "model", "init_args", "net")
-    name = str(net.get("class_path", "")).rsplit(".", 1)[-1]
-    if not name.startswith("BMMAE"):
-        raise ConfigError(f"{where}: model.init_args.net is {net.get('class_path')!r}, not a BM-MAE net; pass "
-                          "--config with the BM-MAE config of the checkpoint")
-    args = _section(net, "init_args")
-    if name == "BMMAE":  # a downstream net's config leaves the decoder out: no defaults for it
-        defaults = {k: p.default for k, p in inspect.signature(BMMAE).parameters.items()
-                    if p.default is not inspect.Parameter.empty and k not in ("img_size", "axis_order")}
-        args = {**defaults, **args}
-    return args
-
-
-def _from_checkpoint(
-    cls: type[BMMAE], path: Path, config: str | os.PathLike | None, with_decoder: bool | None
-) -> tuple[BMMAE, dict[str, Any]]:
-    checkpoint = load_checkpoint(path)
-    metadata = checkpoint.get("medssl") if isinstance(checkpoint.get("medssl"), Mapping) else {}
-    architecture = metadata.get("architecture")
-    if architecture not in (None, "bmmae", "BMMAEUNETR", "BMMAEClassifier"):
-        raise CheckpointError(f"{path}: a {architecture} checkpoint; this needs BM-MAE weights")
-    official = _is_official(checkpoint)
-    state = {strip_prefixes(k, WRAPPER_PREFIXES): v for k, v in state_dict_of(checkpoint).items()}
-    if "encoder.cls_token" in state:  # a finetuned net: its encoder
-        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    try:
-        sizes = infer_sizes(state)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    has_decoder = "decoder_embed_dim" in sizes
-    if with_decoder and not has_decoder:
-        raise CheckpointError(
-            f"{path}: the weights have no BM-MAE decoder (decoder.* keys), which reconstruction needs: give a "
-            "BM-MAE pretraining checkpoint (medssl fit --config configs/pretrain/bmmae_*.yaml) or the official "
-            "bmmae.pth"
-        )
-    with_decoder = has_decoder if with_decoder is None else with_decoder
-    if not with_decoder:
-        sizes = {k: v for k, v in sizes.items() if not k.startswith("decoder_")}
-
-    where, cfg = find_config(path, config, metadata)
-    given = _net_arguments(cfg, where)
-    num_patches = sizes.pop("num_patches")
-    for key, value in sizes.items():
-        if key in given and key != "modalities" and not math.isclose(float(given[key]), float(value)):
-            raise ConfigError(f"{where}: model.init_args.net.init_args.{key} is {given[key]} but {path} has "
-                              f"{value}; pass the config the checkpoint was trained with (--config)")
-    modalities = given.get("modalities") or metadata.get("modalities") or sizes["modalities"]
-    if sorted(modalities) != sorted(sizes["modalities"]):
-        raise CheckpointError(f"{path}: has tokenizers for {sizes['modalities']} but the config/metadata name "
-                              f"{list(modalities)}")
-
-    needed = ("num_heads", "decoder_num_heads") if with_decoder else ("num_heads",)
-    heads = {k: given[k] for k in needed if k in given}
-    if len(heads) < len(needed):
-        reference = all(sizes[k] == v for k, v in _REFERENCE_SIZES.items() if k in sizes)
-        if where is None and official and reference:
-            heads = {k: _REFERENCE_HEADS[k] for k in needed}
-        else:
-            lacking = [k for k in needed if k not in heads]
-            found = f"{where} does not give them" if where else "no config found"
-            raise ConfigError(f"{path}: {' and '.join(lacking)} cannot be read from the weights ({found}); "
-                              + _CONFIG_HINT)
-
-    # metadata written with the weights, then the config, then the format (the official file: xyz)
-    axis_order = metadata.get("axis_order") or given.get("axis_order") or axis_order_of(checkpoint)
-    img_size = given.get("img_size")
-    if img_size is None and metadata.get("spatial_size"):
-        crop = [int(s) for s in metadata["spatial_size"]]  # [D, H, W]: the model's order is axis_order
-        img_size = crop if axis_order == "zyx" else crop[::-1]
-    if img_size is None and num_patches and round(num_patches ** (1 / 3)) ** 3 == num_patches:
-        img_size = round(num_patches ** (1 / 3)) * sizes["patch_size"]  # cubic token grid (the reference's)
-    if img_size is None:
-        raise ConfigError(f"{path}: cannot tell the model's img_size; " + _CONFIG_HINT)
-    img = [int(img_size)] * 3 if isinstance(img_size, int | float) else [int(s) for s in img_size]
-    if num_patches and math.prod(s // sizes["patch_size"] for s in img) != num_patches:
-        raise ConfigError(f"{path}: img_size {img} with patch_size {sizes['patch_size']} does not give the "
-                          f"{num_patches} tokens per modality of the weights; " + _CONFIG_HINT)
-
-    kwargs = {k: given[k] for k in _CONFIG_ONLY if k in given}
-    kwargs.update(sizes, **heads, modalities=list(modalities), img_size=img, with_decoder=with_decoder,
-                  axis_order=axis_order)
-    try:
-        model = cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(f"{path}: cannot build BMMAE from its sizes: {e}") from None
-    try:
-        load_weights(model, state, checkpoint_filter_fn, strict=True, **_report_kinds(model))
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {str(e).removeprefix('checkpoint: ')}") from None
-
-    spacing = metadata.get("spacing") or _section(cfg, "data", "init_args").get("spacing")
-    if spacing is None:
-        spacing = _REFERENCE_SPACING  # BM-MAE's reference preprocessing (the official file has no metadata)
-        _logger.info("no spacing saved with %s: using the reference 1 mm", path)
-    spacing = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
-    # the official pipeline crops with MONAI's CenterSpatialCrop (whole voxels); ours at the exact centre
-    voxel_aligned = bool(metadata.get("voxel_aligned", official))
-    return model, {"spacing": spacing, "voxel_aligned": voxel_aligned, "official": official, "config": where}

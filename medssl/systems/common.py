@@ -10,13 +10,23 @@ import torch
 from lightning.pytorch import LightningModule
 from monai.optimizers import WarmupCosineSchedule
 
+from medssl.errors import CheckpointError, ConfigError, one_line
+from medssl.io import atomic_target
+from medssl.records import package_version
+from medssl.weights import CheckpointMeta, architecture_of
+from medssl.weights.meta import KEY
+
+# Batch entries that stay on the host when a batch moves to the GPU: presence flags the nets read without
+# waiting for the device, and the case's grid, which only the host uses (to write maps back).
+HOST_KEYS = ("modality_mask", "grid")
+
 
 class MedsslModule(LightningModule):
     """The speed paths every system shares.
 
-    - ``modality_mask`` stays on the host when a batch moves to the GPU: the nets read presence
-      (which modalities a batch lacks, how many tokens stay visible) from it without waiting for
-      the device, and copy it over themselves for arithmetic.
+    - ``modality_mask`` (and the case ``grid``) stay on the host when a batch moves to the GPU: the nets
+      read presence (which modalities a batch lacks, how many tokens stay visible) from it without
+      waiting for the device, and copy it over themselves for arithmetic.
     - ``channels_last`` stores the net's 3-D conv weights (and the inputs) channels-last
       (``torch.channels_last_3d``), the layout cuDNN's fastest bf16 3-D convolutions use.
     - ``compile`` compiles the net in place (``nn.Module.compile``; state-dict keys unchanged, so
@@ -28,16 +38,18 @@ class MedsslModule(LightningModule):
 
     _speed_applied = False
     run_config: str | None = None  # the resolved YAML of the run (set by the CLI), saved with every checkpoint
+    checkpoint_kind = "pretraining"  # what the weights are, in their CheckpointMeta
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """What a system adds to the checkpoint's ``medssl`` entry (architecture, ...)."""
-        return {}
+        """What a system adds to the checkpoint's ``medssl`` entry (``CheckpointMeta`` fields)."""
+        encoder = getattr(self.net, "encoder", self.net)
+        axis_order = getattr(self.net, "axis_order", getattr(encoder, "axis_order", None))
+        return {"architecture": architecture_of(self.net), "net": type(self.net).__name__,
+                "kind": self.checkpoint_kind, **({"axis_order": axis_order} if axis_order else {})}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A checkpoint of another system or size is one line naming what does not fit (Lightning's resume,
         ``--ckpt_path``), not a traceback."""
-        from medssl.errors import CheckpointError, one_line
-
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as e:
@@ -46,21 +58,16 @@ class MedsslModule(LightningModule):
                 from None
 
     def on_save_checkpoint(self, checkpoint) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            medssl_version = version("medssl")
-        except PackageNotFoundError:
-            medssl_version = None
-        checkpoint["medssl"] = {**data_metadata(self), **self.checkpoint_metadata(),
-                                "config": self.run_config, "medssl_version": medssl_version}
+        meta = CheckpointMeta(**data_metadata(self), **self.checkpoint_metadata(), config=self.run_config,
+                              medssl_version=package_version("medssl"))
+        checkpoint[KEY] = meta.to_entry()
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        if not isinstance(batch, dict) or "modality_mask" not in batch:
+        if not isinstance(batch, dict) or not any(k in batch for k in HOST_KEYS):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        rest = {k: v for k, v in batch.items() if k != "modality_mask"}
+        rest = {k: v for k, v in batch.items() if k not in HOST_KEYS}
         return {**super().transfer_batch_to_device(rest, device, dataloader_idx),
-                "modality_mask": batch["modality_mask"]}
+                **{k: batch[k] for k in HOST_KEYS if k in batch}}
 
     def configure_model(self) -> None:
         if self._speed_applied:
@@ -170,8 +177,6 @@ def log_image_grid(
     # Not `trainer.log_dir`: under DDP it broadcasts, and only rank 0 gets here, so it would hang.
     log_dir = getattr(module.logger, "log_dir", None) or module.trainer.default_root_dir
     if log_dir:
-        from medssl.io import atomic_target
-
         out = Path(log_dir) / "images" / f"{tag}_epoch{module.current_epoch:04d}.png"
         with atomic_target(out) as tmp:
             fig.savefig(tmp, dpi=80)
@@ -183,8 +188,6 @@ def log_image_grid(
 
 def check_in_channels(net: torch.nn.Module, modalities: list[str]) -> None:
     """The net must take one input channel per data modality (BM-MAE: the same modality names)."""
-    from medssl.errors import ConfigError
-
     encoder = getattr(net, "encoder", None)
     if isinstance(getattr(encoder, "modalities", None), tuple):  # BM-MAE: one tokenizer per modality
         if list(encoder.modalities) != list(modalities):

@@ -22,9 +22,12 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss, FocalLoss
 from torch import nn
 
+from medssl.data.geometry import Grid, resample_array
+from medssl.data.layouts.brats import get_convention
 from medssl.errors import ConfigError
-from medssl.models.transfer import transfer_weights
+from medssl.evaluation.detection import detection_map, probability_to_original, smooth
 from medssl.systems.common import MedsslModule, adamw_warmup_cosine, check_in_channels, gather_cases
+from medssl.weights import init_from
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,9 @@ def takes_modality_mask(net: nn.Module) -> bool:
 
 
 class DenseSystem(MedsslModule):
-    """What detection and segmentation share: the backbone call, sliding windows, weights and metadata.
+    """What detection and segmentation share: the backbone call, sliding windows, weights, metadata and
+    the prediction of one case (``case_probability`` then ``to_output``, which the subclasses define and
+    ``medssl infer``, ``medssl predict`` and ``medssl cv`` all call).
 
     Args:
         net: the backbone; its ``in_channels`` must equal the number of data modalities.
@@ -69,24 +74,30 @@ class DenseSystem(MedsslModule):
         if weight_decay < 0:
             raise ConfigError(f"model.init_args.weight_decay must be >= 0, got {weight_decay}")
         self.save_hyperparameters(ignore=["net", "loss"])  # collects the subclass's arguments too (init chain)
-        self.net = net
-        self.uses_mask = takes_modality_mask(net)
+        self.use_net(net)
         self.leaked_cases: list[str] = []
         self.init_report: dict = {}
+
+    checkpoint_kind = "finetuned"
+
+    def use_net(self, net: nn.Module) -> None:
+        """Make ``net`` the backbone (a net ``medssl.weights.load_model`` rebuilt from a checkpoint)."""
+        self.net = net
+        self.uses_mask = takes_modality_mask(net)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
             check_in_channels(self.net, dm.modalities)
         if self.hparams.init_from and stage == "fit" and not self.init_report:
-            report, metadata = transfer_weights(self.net, self.hparams.init_from)
+            report, meta = init_from(self.net, self.hparams.init_from)
             self.init_report = {k: len(v) for k, v in report.items()}
             if dm is not None:
-                saved = metadata.get("modalities")
+                saved = meta.modalities if meta.kind != "official" else None
                 if saved and list(saved) != list(dm.modalities):
                     raise ConfigError(f"{self.hparams.init_from} was pretrained on modalities {saved} but "
                                       f"data.modalities is {list(dm.modalities)}; make them equal")
-                seen = set(metadata.get("train_case_ids") or [])
+                seen = set(meta.train_case_ids or [])
                 self.leaked_cases = sorted(seen & {c.case_id for c in dm.val_cases})
                 if self.leaked_cases:
                     message = (f"{len(self.leaked_cases)} validation cases of fold {dm.fold} were in the "
@@ -169,25 +180,48 @@ class DenseSystem(MedsslModule):
     def log_epoch_metrics(self, stage: str) -> None:
         raise NotImplementedError
 
+    # -- one case: the prediction every command writes ----------------------------------------------------------
+    @torch.no_grad()
+    def case_probability(self, item: dict[str, Any]) -> np.ndarray:
+        """The probability map of one preprocessed case (``image`` ``[C, D, H, W]``, ``modality_mask``) on its
+        preprocessing grid, on this system's device under the caller's precision context; the modality mask
+        stays on the host (see ``MedsslModule``). An ensemble averages these before ``to_output``."""
+        image = torch.as_tensor(item["image"])[None].to(self.device)
+        mask = torch.as_tensor(item["modality_mask"])[None]
+        return self.probability(image, mask)[0]
+
+    def probability(self, image: torch.Tensor, modality_mask: torch.Tensor | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_output(self, prob: np.ndarray, grid: Grid, reference: str,
+                  label_convention: str | None = None) -> np.ndarray:
+        """A preprocessing-grid probability (``case_probability``, or an ensemble's mean of them) as the written map
+        on the reference image's grid."""
+        raise NotImplementedError
+
+    def case_summary(self, written: np.ndarray, label_convention: str | None = None) -> dict[str, Any]:
+        """What ``predictions.json`` says about one written map."""
+        raise NotImplementedError
+
+    def predict_case(self, item: dict[str, Any], reference: str) -> np.ndarray:
+        """One preprocessed case through this system, back on its reference image's grid."""
+        grid = Grid.from_array(np.asarray(item["grid"]))
+        return self.to_output(self.case_probability(item), grid, reference, item.get("label_convention"))
+
     def predict_step(self, batch, batch_idx):
         """Per case of the batch: its id, reference image and the map ``medssl infer`` writes (original geometry)."""
-        from medssl.inference import predict_case
-
         out = []
+        conventions = batch.get("label_convention") or [None] * len(batch["case_id"])
         for i, case_id in enumerate(batch["case_id"]):
-            item = {"image": batch["image"][i], "modality_mask": batch["modality_mask"][i], "grid": batch["grid"][i]}
-            reference = batch["reference"][i]
-            convention = "2023" if batch.get("label_convention", [""] * len(batch["case_id"]))[i] == "brats2023" \
-                else "2021"  # BraTS label maps in the input data set's values, as medssl infer writes them
-            out.append({"case_id": case_id, "reference": reference,
-                        "map": predict_case(self, item, reference, case_id, convention)})
+            item = {"image": batch["image"][i], "modality_mask": batch["modality_mask"][i], "grid": batch["grid"][i],
+                    "label_convention": conventions[i] or None}
+            out.append({"case_id": case_id, "reference": batch["reference"][i], "label_convention": conventions[i],
+                        "map": self.predict_case(item, batch["reference"][i])})
         return out
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        encoder = getattr(self.net, "encoder", None)
-        return {"architecture": type(self.net).__name__, "task": self.task,
-                "init_from": self.hparams.init_from, "leaked_cases": self.leaked_cases,
-                **({"axis_order": encoder.axis_order} if hasattr(encoder, "axis_order") else {})}
+        return {**super().checkpoint_metadata(), "task": self.task, "init_from": self.hparams.init_from,
+                "leaked_cases": self.leaked_cases}
 
 
 class _Focal(nn.Module):
@@ -260,17 +294,21 @@ class DetectionSystem(DenseSystem):
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits.float(), dim=1)[:, 1:2]  # lesion likelihood [B, 1, D, H, W]
 
-    def lesion_probability(self, image, modality_mask) -> np.ndarray:
+    def probability(self, image, modality_mask) -> np.ndarray:
         """Smoothed lesion likelihood ``[B, D, H, W]`` on the preprocessing grid."""
-        from medssl.evaluation.detection import smooth
-
         prob = self.predict_probability(image, modality_mask)[:, 0].cpu().numpy()
         return np.stack([smooth(p, self.hparams.smooth_sigma) for p in prob])
 
-    def validation_step(self, batch, batch_idx):
-        from medssl.evaluation.detection import detection_map
+    def to_output(self, prob: np.ndarray, grid: Grid, reference: str,
+                  label_convention: str | None = None) -> np.ndarray:
+        """The PI-CAI detection map (lesion candidates, each at its peak likelihood) on the reference grid."""
+        return detection_map(probability_to_original(prob, grid, reference))
 
-        prob = self.lesion_probability(batch["image"], batch["modality_mask"])
+    def case_summary(self, written: np.ndarray, label_convention: str | None = None) -> dict[str, Any]:
+        return {"case_score": float(written.max())}
+
+    def validation_step(self, batch, batch_idx):
+        prob = self.probability(batch["image"], batch["modality_mask"])
         for case_id, p, label in zip(batch["case_id"], prob, batch["label"][:, 0].cpu().numpy()):
             self._val[case_id] = (detection_map(p), label)
 
@@ -332,6 +370,23 @@ class SegmentationSystem(DenseSystem):
 
     def target(self, batch) -> torch.Tensor:
         return batch["label"].float()
+
+    def probability(self, image, modality_mask) -> np.ndarray:
+        """Region probabilities ``[B, 3, D, H, W]`` (TC, WT, ET) on the preprocessing grid."""
+        return self.predict_probability(image, modality_mask).float().cpu().numpy()
+
+    def to_output(self, prob: np.ndarray, grid: Grid, reference: str,
+                  label_convention: str | None = None) -> np.ndarray:
+        """A BraTS label map on the reference grid, in the input data set's label values (``label_convention``:
+        enhancing tumour 4 for BraTS 2021, 3 for 2023+)."""
+        target = Grid.from_file(reference)
+        regions = np.stack([resample_array(p.astype(np.float32), grid, target) > 0.5 for p in prob])
+        return get_convention(label_convention).label_map(regions)
+
+    def case_summary(self, written: np.ndarray, label_convention: str | None = None) -> dict[str, Any]:
+        values = get_convention(label_convention).labels
+        return {"voxels": {name: int((written == value).sum()) for name, value in values.items()},
+                "label_values": values}
 
     def validation_step(self, batch, batch_idx):
         from medssl.evaluation.segmentation import region_metrics

@@ -107,10 +107,6 @@ class BMMAEPretrainSystem(MedsslModule):
         groups = param_groups(self.net, h.weight_decay, self.net.no_weight_decay())
         return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs, h.cosine_cycles)
 
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        # the array order the encoder was trained on (medssl feeds [z, y, x]; official weights: xyz)
-        return {"architecture": "bmmae", "axis_order": getattr(self.net, "axis_order", "zyx")}
-
 
 class CSwinPretrainSystem(MedsslModule):
     """CSwin UNet multi-task pretraining: rotation, contrastive and inpainting, automatically weighted.
@@ -177,6 +173,3 @@ class CSwinPretrainSystem(MedsslModule):
         groups = param_groups(self.net, h.weight_decay, self.net.no_weight_decay())
         groups.append({"params": list(self.loss_weights.parameters()), "weight_decay": 0.0})
         return adamw_warmup_cosine(self, groups, h.lr, h.weight_decay, h.warmup_epochs)
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"architecture": "cswin_unet"}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
-from medssl.data.layouts import BRATS_ET_LABEL, discover, discover_brats
+from medssl.data.layouts import discover
+from medssl.data.layouts.brats import CONVENTIONS, discover_brats
 from medssl.errors import ConfigError, DataError
 from tests.data.helpers import tiny_image
 
@@ -108,5 +109,5 @@ def test_monai_brats_regions_need_the_et_label():
     labels = np.array([0, 1, 2, 3, 4])
     default = ConvertToMultiChannelBasedOnBratsClasses()(labels)  # TC, WT, ET
     assert default[:, 3].tolist() == [False, False, False]
-    regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=BRATS_ET_LABEL["brats2023"])(labels)
+    regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=CONVENTIONS["brats2023"].et)(labels)
     assert regions.astype(int).tolist() == [[0, 1, 0, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0]]

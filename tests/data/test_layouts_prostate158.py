@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medssl.data.layouts import LABEL_MAX, MODALITIES, REFERENCE_ORDER, discover
+from medssl.data.layouts import LAYOUTS, discover
 from medssl.errors import DataError
 from tests.data.helpers import tiny_image
 
@@ -38,9 +38,9 @@ def prostate158(tmp_path) -> Path:
 
 
 def test_layout_constants():
-    assert MODALITIES["prostate158"] == ("t2w", "adc", "hbv")
-    assert REFERENCE_ORDER["prostate158"] == ("t2w",)
-    assert LABEL_MAX["prostate158"] >= 1
+    assert LAYOUTS["prostate158"].modalities == ("t2w", "adc", "hbv")
+    assert LAYOUTS["prostate158"].reference_order == ("t2w",)
+    assert max(LAYOUTS["prostate158"].label_values) >= 1
 
 
 def test_cases_from_the_csvs(prostate158):

@@ -17,6 +17,7 @@ from medssl.models.bmmae import (
     load_encoder_weights,
     sincos_pos_embed_3d,
 )
+from tests.models.bmmae_reference import official_shapes, random_state_dict, reference_encode
 
 MODS = ("t1", "t1ce", "t2", "flair")
 TINY = {
@@ -32,103 +33,7 @@ TINY = {
 }
 TINY_N = (32 // 8) ** 3  # tokens per modality
 TINY_NET = {"img_size": 32, "embed_dim": 48, "depth": 3, "num_heads": 4, "feature_size": 8}
-
-
-def official_shapes(
-    img: int = 128,
-    patch: int = 16,
-    dim: int = 768,
-    depth: int = 12,
-    mlp: int = 1536,
-    ddim: int = 384,
-    ddepth: int = 3,
-    dmlp: int = 1536,
-) -> dict[str, tuple[int, ...]]:
-    """The official ``bmmae.pth`` key table of the spec, at any size."""
-    n = (img // patch) ** 3
-
-    def block(prefix: str, d: int, hidden: int) -> dict[str, tuple[int, ...]]:
-        return {
-            f"{prefix}.norm1.weight": (d,),
-            f"{prefix}.norm1.bias": (d,),
-            f"{prefix}.attn.qkv.weight": (3 * d, d),
-            f"{prefix}.attn.qkv.bias": (3 * d,),
-            f"{prefix}.attn.out_proj.weight": (d, d),
-            f"{prefix}.attn.out_proj.bias": (d,),
-            f"{prefix}.norm2.weight": (d,),
-            f"{prefix}.norm2.bias": (d,),
-            f"{prefix}.mlp.linear1.weight": (hidden, d),
-            f"{prefix}.mlp.linear1.bias": (hidden,),
-            f"{prefix}.mlp.linear2.weight": (d, hidden),
-            f"{prefix}.mlp.linear2.bias": (d,),
-        }
-
-    shapes: dict[str, tuple[int, ...]] = {"cls_token": (1, 1, dim)}
-    for m in MODS:
-        pre = f"tokenizers.{m}.patch_embedding"
-        shapes[f"{pre}.patch_embeddings.weight"] = (dim, 1, patch, patch, patch)
-        shapes[f"{pre}.patch_embeddings.bias"] = (dim,)
-        shapes[f"{pre}.position_embeddings"] = (1, n, dim)
-    for i in range(depth):
-        shapes.update(block(f"blocks.{i}", dim, mlp))
-    shapes.update({"norm.weight": (dim,), "norm.bias": (dim,)})
-    shapes["decoder.mask_tokens"] = (1, 1, ddim)
-    shapes.update({"decoder.decoder_embed.weight": (ddim, dim), "decoder.decoder_embed.bias": (ddim,)})
-    shapes["decoder.position_embeddings"] = (1, n, ddim)
-    shapes.update({f"decoder.modality_embeddings.{m}": (1, 1, ddim) for m in MODS})
-    for j in range(ddepth):
-        shapes.update(block(f"decoder.decoder_blocks.{j}", ddim, dmlp))
-    shapes.update({"decoder.decoder_norm.weight": (ddim,), "decoder.decoder_norm.bias": (ddim,)})
-    shapes.update({"decoder.decoder_pred.weight": (patch**3, ddim), "decoder.decoder_pred.bias": (patch**3,)})
-    return shapes
-
-
 TINY_SHAPES = official_shapes(img=32, patch=8, dim=48, depth=3, mlp=96, ddim=24, ddepth=1, dmlp=48)
-
-
-def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in shapes.items():
-        value = 0.05 * torch.randn(shape, generator=g)
-        sd[key] = value + 1.0 if ".norm" in key and key.endswith("weight") or key == "norm.weight" else value
-    return sd
-
-
-def reference_encode(sd: dict[str, torch.Tensor], volumes: dict[str, torch.Tensor], heads: int, patch: int):
-    """Independent functional re-implementation of the reference encoder on raw state-dict tensors."""
-
-    def layer(i: int, name: str) -> torch.Tensor:
-        return sd[f"blocks.{i}.{name}"]
-
-    tokens = []
-    for m in MODS:
-        if m in volumes:
-            pre = f"tokenizers.{m}.patch_embedding."
-            t = F.conv3d(
-                volumes[m],
-                sd[pre + "patch_embeddings.weight"],
-                sd[pre + "patch_embeddings.bias"],
-                stride=patch,
-            )
-            tokens.append(t.flatten(2).transpose(1, 2) + sd[pre + "position_embeddings"])  # [B, N, D]
-    b = tokens[0].shape[0]
-    x = torch.cat([sd["cls_token"].expand(b, -1, -1), *tokens], dim=1)
-    d = x.shape[-1]
-    hd = d // heads
-    i = 0
-    while f"blocks.{i}.norm1.weight" in sd:
-        h = F.layer_norm(x, (d,), layer(i, "norm1.weight"), layer(i, "norm1.bias"), eps=1e-5)
-        qkv = h @ layer(i, "attn.qkv.weight").T + layer(i, "attn.qkv.bias")
-        q, k, v = (t.reshape(b, -1, heads, hd).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-        a = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1) @ v  # [B, H, L, hd]
-        x = x + a.transpose(1, 2).reshape(b, -1, d) @ layer(i, "attn.out_proj.weight").T
-        x = x + layer(i, "attn.out_proj.bias")
-        h = F.layer_norm(x, (d,), layer(i, "norm2.weight"), layer(i, "norm2.bias"), eps=1e-5)
-        h = F.gelu(h @ layer(i, "mlp.linear1.weight").T + layer(i, "mlp.linear1.bias"), approximate="none")
-        x = x + h @ layer(i, "mlp.linear2.weight").T + layer(i, "mlp.linear2.bias")
-        i += 1
-    return F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-5)
 
 
 def volumes(batch: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -222,7 +127,7 @@ def test_from_official_at_another_img_size_rebuilds_position_tables(tiny_officia
     path, sd = tiny_official
     model = BMMAE.from_official(path, **{**TINY, "img_size": 16})
     torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
-    report = load_encoder_weights(BMMAE(**{**TINY, "img_size": 16, "axis_order": "xyz"}), sd)
+    report = load_encoder_weights(BMMAE(**{**TINY, "img_size": 16, "axis_order": "xyz"}), sd, axis_order="xyz")
     assert report["skipped"] and all(k.endswith("position_embeddings") for k in report["skipped"])
     assert not report["missing"] and not report["mismatched"]
 
@@ -268,15 +173,15 @@ def test_load_encoder_weights_into_downstream_net():
     sd = BMMAE(**{**TINY, "patch_size": 16}).state_dict()  # UNETR needs 16^3 patches
     ckpt = {"state_dict": {f"model.{k}": v for k, v in sd.items()}}
     net = BMMAEUNETR(in_channels=4, out_channels=3, **TINY_NET)
-    report = load_encoder_weights(net.encoder, ckpt)
+    report = load_encoder_weights(net.encoder, ckpt, axis_order="zyx")
     assert set(report["loaded"]) == set(net.encoder.state_dict())
     assert set(report["skipped"]) == {k for k in sd if k.startswith("decoder.")}
     assert not report["missing"] and not report["unexpected"] and not report["mismatched"]
     torch.testing.assert_close(net.encoder.cls_token, sd["cls_token"])
     with pytest.raises(ValueError, match="no tensor matches BMMAE"):
-        load_encoder_weights(net.encoder, {"foo": torch.zeros(1)})
+        load_encoder_weights(net.encoder, {"foo": torch.zeros(1)}, axis_order="zyx")
     with pytest.raises(ValueError, match="modalities"):
-        load_encoder_weights(net.encoder, {"modalities": ["t2w", "adc"], **sd})
+        load_encoder_weights(net.encoder, {"modalities": ["t2w", "adc"], **sd}, axis_order="zyx")
 
 
 # --------------------------------------------------------------------------- missing modalities
