@@ -1,30 +1,50 @@
 #!/usr/bin/env bash
-# The label-efficiency study recorded in RESULTS.md: does pretraining help, and at how many labels?
+# The label-efficiency study recorded in RESULTS.md: does pretraining help, at how many labels, and could this
+# study tell?
 #
-# Realistic synthetic PI-CAI data (small, low-contrast lesions, bias fields, Rician noise, misregistration,
-# benign look-alikes), sized so the whole study fits a 2-core CPU in under an hour:
-#   - 60 labelled studies, 5 patient-grouped folds;
-#   - an unlabelled archive 2.5x larger (150 studies, other patients) for CSwin UNet multi-task pretraining;
-#   - every fold finetuned on FRACTIONS of its training patients (nested, stratified), pretrained and from
-#     scratch, with the tiny recipe; the final checkpoint of each fold is reported.
+# The context benchmark (medssl synth picai --difficulty context): realistic synthetic PI-CAI data plus benign
+# mimics with exactly the lesions' ADC/HBV contrast, told apart only by anatomy (transition zone, mirror-symmetric
+# pairs, the capsule), so a local intensity cue is not enough and an encoder that knows anatomy can help:
+#   - CASES labelled studies, 5 patient-grouped folds; an archive of ARCHIVE studies (other patients, 10x);
+#   - CSwin UNet multi-task pretraining on the archive (SSL, its labels unused), pretext metrics in pretext.json;
+#   - the positive control: the same net trained with supervision on the archive's labels, as many steps as the
+#     SSL pretraining (its encoder moves into the folds exactly as the SSL encoder does);
+#   - the negative control: the SSL weights with every tensor's entries permuted;
+#   - every fold of every arm (pretrained, scratch, supervised, shuffled) trained on FRACTIONS of its training
+#     patients with a fixed step budget (STEPS batches of 4 per epoch, drawn with replacement, EPOCHS_FT epochs: the
+#     same optimiser steps at every fraction), once per training seed in SEEDS; the final checkpoint is reported.
 # Each step resumes: run the same command again after an interruption.
 #
 #   bash benchmarks/label_efficiency.sh [OUT]    (default runs/label_efficiency)
 set -euo pipefail
 OUT=${1:-runs/label_efficiency}
-EPOCHS_PRE=${EPOCHS_PRE:-8}      # RESULTS.md's second run: EPOCHS_PRE=30 EPOCHS_FT=12 FRACTIONS=0.1,0.25,0.5,1.0
-EPOCHS_FT=${EPOCHS_FT:-8}
-FRACTIONS=${FRACTIONS:-0.25,0.5,1.0}
+CASES=${CASES:-60}
+ARCHIVE=${ARCHIVE:-600}
+EPOCHS_PRE=${EPOCHS_PRE:-8}       # SSL pretraining (and the supervised control) over the archive
+EPOCHS_FT=${EPOCHS_FT:-20}        # finetuning epochs of STEPS batches each
+STEPS=${STEPS:-6}
+FRACTIONS=${FRACTIONS:-0.1,0.25,1.0}
+SEEDS=${SEEDS:-0,1,2}
+WORKERS=${WORKERS:-1}
+QUIET=(--trainer.enable_progress_bar false --trainer.enable_model_summary false)
 mkdir -p "$OUT"
 [ -f "$OUT/data/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$OUT/data" --cases 60 --seed 0 --difficulty realistic
+    medssl synth picai "$OUT/data" --cases "$CASES" --seed 0 --difficulty context
 [ -f "$OUT/archive/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$OUT/archive" --cases 150 --seed 1000 --first-patient 20000 --difficulty realistic
+    medssl synth picai "$OUT/archive" --cases "$ARCHIVE" --seed 1000 --first-patient 20000 --difficulty context
 [ -f "$OUT/pretrain/checkpoints/last.ckpt" ] || \
     medssl fit --config configs/pretrain/cswin_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
-        --trainer.max_epochs "$EPOCHS_PRE" --trainer.default_root_dir "$OUT/pretrain" \
-        --trainer.enable_progress_bar false --trainer.enable_model_summary false
+        --trainer.max_epochs "$EPOCHS_PRE" --trainer.default_root_dir "$OUT/pretrain" "${QUIET[@]}"
+# the positive control: as many optimiser steps as the SSL pretraining took (one pass over the archive per epoch)
+STEPS_PRE=$(python -c "import torch; print(torch.load('$OUT/pretrain/checkpoints/last.ckpt', weights_only=True, map_location='cpu')['global_step'] // $EPOCHS_PRE)")
+[ -f "$OUT/supervised/checkpoints/last.ckpt" ] || \
+    medssl fit --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
+        --data.n_folds 5 --data.fold 0 --data.split_file "$OUT/supervised_splits.json" \
+        --data.train_batches_per_epoch "$STEPS_PRE" --trainer.max_epochs "$EPOCHS_PRE" \
+        --trainer.limit_val_batches 0 --trainer.default_root_dir "$OUT/supervised" "${QUIET[@]}"
 medssl cv --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/data" --data.cache_dir "$OUT/cache" \
-    --model.init_args.init_from "$OUT/pretrain/checkpoints/last.ckpt" --twin --train-fractions "$FRACTIONS" \
-    --trainer.max_epochs "$EPOCHS_FT" --trainer.check_val_every_n_epoch "$EPOCHS_FT" \
-    --trainer.enable_progress_bar false --output "$OUT/cv"
+    --model.init_args.init_from "$OUT/pretrain/checkpoints/last.ckpt" --twin \
+    --control "supervised=$OUT/supervised/checkpoints/last.ckpt" --control shuffled \
+    --train-fractions "$FRACTIONS" --seeds "$SEEDS" --workers "$WORKERS" \
+    --data.train_batches_per_epoch "$STEPS" --trainer.max_epochs "$EPOCHS_FT" \
+    --trainer.check_val_every_n_epoch "$EPOCHS_FT" "${QUIET[@]}" --output "$OUT/cv"

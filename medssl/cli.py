@@ -51,6 +51,9 @@ OWN_COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("medssl.commands.reconstruct:main",
                     "fill in missing sequences with BM-MAE:  medssl reconstruct --checkpoint CKPT --data.root DIR "
                     "--output OUT"),
+    "probe": ("medssl.commands.probe:main",
+              "frozen encoder vectors vs a random encoder's, linear and kNN probes:  medssl probe --checkpoint CKPT "
+              "--data.root DIR --output OUT"),
     "quickstart": ("medssl.commands.quickstart:main",
                    "synthetic data -> pretrain -> 5-fold CV, both twins:  medssl quickstart"),
 }

@@ -21,7 +21,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,19 @@ from medssl.data.geometry import write_like
 from medssl.data.splits import prepare_cv_split
 from medssl.errors import ConfigError, MedsslError
 from medssl.evaluation.evaluate import labels_of_cases
-from medssl.evaluation.report import fraction_row, score_folds, write_cv_report, write_label_efficiency
+from medssl.evaluation.report import (
+    CONTROLS,
+    fraction_row,
+    score_folds,
+    write_cv_report,
+    write_label_efficiency,
+    write_seeds_report,
+)
 from medssl.folders import CvOutput, FoldJob, Run
-from medssl.io import read_json, safe_child, write_json
+from medssl.io import read_json, safe_child, write_json, write_text
 from medssl.pool import FoldPool, worker_command
 from medssl.records import Stamp, device_name, file_sha256, fingerprint, versions
-from medssl.runs import build, computation_config
+from medssl.runs import build, computation_config, merge
 from medssl.systems.finetune import DenseSystem, DetectionSystem
 
 logger = logging.getLogger(__name__)
@@ -45,15 +52,16 @@ CONFIG_FILE = ".medssl_cv_config.json"  # the resolved config the workers build 
 
 def fold_overrides(job: FoldJob, split_file: Path, quiet: bool = True) -> dict[str, Any]:
     """What makes the recipe one fold of this cv run (in resolved form, laid over the config)."""
-    # train_fraction always given, so an override of it cannot train a fold the identity calls whole
+    # train_fraction and init_from always given, so no override can train a fold other than the identity says
     out: dict[str, Any] = {
         "data": {"init_args": {"fold": job.fold, "split_file": str(split_file), "train_fraction": job.fraction}},
         "trainer": {"default_root_dir": str(job.fold_dir)},
+        "model": {"init_args": {"init_from": job.init_from}},
     }
     if quiet:  # one model summary per fold is noise; --verbose brings it back
         out["trainer"]["enable_model_summary"] = False
-    if job.scratch:
-        out["model"] = {"init_args": {"init_from": None}}
+    if job.seed is not None:
+        out["seed_everything"] = job.seed
     return out
 
 
@@ -135,6 +143,15 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
         "train_cases": len(dm.train_cases),
         "train_case_ids": [c.case_id for c in dm.train_cases],
         "train_fraction": job.fraction,
+        "seed": job.seed,
+        # the optimiser steps actually taken: with data.train_batches_per_epoch, the same at every fraction
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "train_batches_per_epoch": dm.train_batches_per_epoch,
+        # what init_from moved into the net: tensor counts by kind (loaded, skipped, missing, ...) and the names
+        # left at their initialisation (decoder, raw-input skips, head: trained from scratch in every arm)
+        "init_report": dict(system.init_report),
+        "not_transferred": list(getattr(system, "not_transferred", [])),
         "identity": identity,
         "provenance": {"label_source": dm.label_source, "split_file": str(split_file), "selection": selection,
                        "init_from": init_from, "versions": versions(), "device": device_name()},
@@ -201,7 +218,8 @@ def _claim(jobs: list[FoldJob], identities: dict[FoldJob, dict], overwrite: bool
 
 def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Path, twin: bool = False,
            workers: int | None = None, selection: str = "last", overwrite: bool = False, verbose: bool = False,
-           train_fractions: Sequence[float] | None = None) -> dict[str, Any]:
+           train_fractions: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
+           controls: Sequence[str] = ()) -> dict[str, Any]:
     """Run the folds (reusing finished ones made by the same settings) and write the report. Returns it.
 
     Args:
@@ -216,6 +234,12 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
         train_fractions: a label-efficiency study: every fold trained once per fraction of its training patients
             (nested, stratified subsets; the validation folds never change); the report adds ``fractions`` and
             ``label_efficiency.png``.
+        seeds: training seeds: every (fraction, arm, fold) is trained once per seed, each seed in ``seed_<s>/``,
+            and the comparison resamples seeds and cases (``medssl.evaluation.compare.compare_seeds``).
+        controls: control arms, each compared with scratch like the pretrained run: ``supervised`` (the same net
+            trained with supervision on the labelled cases of the pretraining archive; ``supervised=CKPT``: any
+            checkpoint) must beat scratch, ``shuffled`` (the pretrained weights, each tensor's entries permuted)
+            tests that a gain is more than a weight scale.
     """
     import torch
 
@@ -224,10 +248,11 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
     if folds is not None and len(set(folds)) != len(folds):
         raise ConfigError(f"--folds {folds}: each fold once")
     fractions = _fractions(train_fractions)  # checked before anything is read or written
-    out = CvOutput(Path(output).resolve(), study=train_fractions is not None)  # records hold absolute paths
+    seed_list = _seeds(seeds)
+    control_names = _controls(controls)
+    out = CvOutput(Path(output).resolve(), study=train_fractions is not None, seeds=seeds is not None)
     if out.root.exists() and not out.root.is_dir():
         raise ConfigError(f"--output {out.root} is a file; give a folder")
-    out.root.mkdir(parents=True, exist_ok=True)
     probe = build(config)
     if probe.trainer.world_size > 1:
         raise ConfigError("medssl cv trains each fold on one device and runs folds side by side (--workers); "
@@ -245,28 +270,39 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
     bad = [k for k in folds if not 0 <= k < n_folds]
     if bad:
         raise ConfigError(f"--folds {bad} outside 0..{n_folds - 1} (data.n_folds is {n_folds})")
+    out.root.mkdir(parents=True, exist_ok=True)
     _, split_info = prepare_cv_split(dm, out.splits, overwrite)
     labelled = [c for c in dm.cases if c.label is not None]
     data_fp = fingerprint(sorted((c.case_id, c.to_item()["fingerprint"], c.label) for c in labelled))
     computed = computation_config(probe.config)
+    control_weights = prepare_controls(control_names, init_from, out, probe.config, overwrite, verbose)
 
     if twin and not init_from:
         logger.warning("--twin without model.init_args.init_from: there is only the from-scratch run")
     main_run = "pretrained" if init_from else "scratch"
-    runs = [main_run] + (["scratch"] if twin and init_from else [])
+    arms = {main_run: init_from}
+    if (twin or control_weights) and init_from:
+        arms["scratch"] = None
+    if control_weights and not init_from:
+        arms.setdefault("scratch", None)
+    arms.update(control_weights)
     jobs, identities = [], {}
     for fraction in fractions:
-        for name in runs:
-            run_config = json.loads(json.dumps(computed))
-            if name == "scratch" and main_run != "scratch":
-                run_config["model"]["init_args"]["init_from"] = None
-            run_config["data"].setdefault("init_args", {})["train_fraction"] = fraction
-            for k in folds:
-                job = out.job(name, main_run, k, fraction)
-                identities[job] = {"run": name, "fold": k, "fraction": fraction, "config": fingerprint(run_config),
-                                   "data": data_fp, "split": split_info["sha256_used"], "selection": selection,
-                                   "init_from": run_config["model"]["init_args"].get("init_from")}
-                jobs.append(job)
+        for seed in seed_list:
+            for name, weights in arms.items():
+                run_config = json.loads(json.dumps(computed))
+                if name != main_run:
+                    run_config["model"]["init_args"]["init_from"] = \
+                        None if weights is None else f"sha256:{file_sha256(weights)}"
+                run_config["data"].setdefault("init_args", {})["train_fraction"] = fraction
+                for k in folds:
+                    job = out.job(name, main_run, k, weights, fraction, seed)
+                    identities[job] = {"run": name, "fold": k, "fraction": fraction,
+                                       "config": fingerprint(run_config), "data": data_fp,
+                                       "split": split_info["sha256_used"], "selection": selection,
+                                       "init_from": run_config["model"]["init_args"].get("init_from"),
+                                       **({"seed": seed} if seed is not None else {})}
+                    jobs.append(job)
     pending = _claim(jobs, identities, overwrite)
     gpus = torch.cuda.device_count() if probe.trainer.strategy.root_device.type == "cuda" else 0
     if workers is None:  # one fold per visible GPU when the folds train on GPUs
@@ -280,13 +316,104 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
         FoldPool(lambda job: worker_command(config_file, out.root, job, selection, verbose), workers, gpus).run(pending)
     else:
         for job in pending:
-            logger.info("%s fold %d%s: training", job.run, job.fold,
-                        f" (fraction {job.fraction:g})" if train_fractions is not None else "")
+            logger.info("%s fold %d%s%s: training", job.run, job.fold,
+                        f" (fraction {job.fraction:g})" if train_fractions is not None else "",
+                        f" seed {job.seed}" if job.seed is not None else "")
             run_fold(probe.config, job, out.splits, selection, identities[job], verbose)
-    context = ReportContext(dm, split_info, selection, init_from, computed, identities)
-    if train_fractions is None:
-        return write_report(out.root, jobs, context)
-    return write_study_report(out, jobs, context, fractions)
+    compared = len([a for a in arms if a != "scratch"]) if "scratch" in arms else 0
+    context = ReportContext(dm, split_info, selection, init_from, computed, identities,
+                            family=max(1, compared * len(fractions)),
+                            controls={k: v for k, v in control_weights.items()})
+    return write_reports(out, jobs, context, fractions, seed_list, train_fractions is not None)
+
+
+def _seeds(seeds: Sequence[int] | None) -> list[int | None]:
+    if seeds is None:
+        return [None]
+    found = list(dict.fromkeys(int(s) for s in seeds))
+    if not found or len(found) != len(list(seeds)) or any(s < 0 for s in found):
+        raise ConfigError(f"--seeds {list(seeds)}: give distinct non-negative integers, e.g. 0,1,2")
+    return found
+
+
+def _controls(controls: Sequence[str]) -> dict[str, str | None]:
+    """``--control`` values: ``supervised``, ``supervised=CKPT``, ``shuffled`` -> name: given checkpoint or None."""
+    out: dict[str, str | None] = {}
+    for control in controls:
+        name, _, given = str(control).partition("=")
+        if name not in CONTROLS or (given and name != "supervised"):
+            raise ConfigError(f"--control {control}: choose supervised, supervised=CHECKPOINT or shuffled")
+        if name in out:
+            raise ConfigError(f"--control {name} given twice")
+        if given and not Path(given).is_file():
+            raise ConfigError(f"--control {control}: checkpoint not found")
+        out[name] = given or None
+    return out
+
+
+def prepare_controls(controls: Mapping[str, str | None], init_from: str | None, out: CvOutput,
+                     config: Mapping[str, Any], overwrite: bool, verbose: bool) -> dict[str, str]:
+    """The initial weights of each control arm, made once under ``OUTPUT/controls/`` (resumable, stamped)."""
+    from medssl.weights import shuffled_checkpoint
+
+    made: dict[str, str] = {}
+    if "shuffled" in controls:
+        if not init_from:
+            raise ConfigError("--control shuffled permutes the pretrained weights: set model.init_args.init_from")
+        target = out.controls / "shuffled.ckpt"
+        identity = {"source_sha256": file_sha256(init_from), "seed": 0}
+        stamp = Stamp(out.controls, ".medssl_shuffled.json")
+        if stamp.read() != identity or not target.is_file() or overwrite:
+            shuffled_checkpoint(init_from, target, seed=0)
+            stamp.claim(identity, "the shuffled control", overwrite=True)
+        made["shuffled"] = str(target)
+    if "supervised" in controls:
+        made["supervised"] = controls["supervised"] or train_supervised_control(init_from, out, config, overwrite,
+                                                                               verbose)
+    return made
+
+
+def train_supervised_control(init_from: str | None, out: CvOutput, config: Mapping[str, Any], overwrite: bool,
+                             verbose: bool) -> str:
+    """The positive control's weights: the cv's own net and recipe trained for detection on the labelled cases
+    of the archive ``init_from`` was pretrained on (its run's ``data.root``), folds 1-4 of a five-fold split of
+    the archive (fold 0 unused). Stamped and resumable in ``OUTPUT/controls/supervised/``."""
+    from medssl.weights import read_weights
+
+    if not init_from:
+        raise ConfigError("--control supervised trains on the pretraining archive's labels, which init_from names: "
+                          "set model.init_args.init_from (or give --control supervised=CHECKPOINT)")
+    pretrain = read_weights(init_from).meta.config_dict() or {}
+    archive = ((pretrain.get("data") or {}).get("init_args") or {})
+    if not archive.get("root"):
+        raise ConfigError(f"{init_from} does not record the data it was pretrained on; give --control "
+                          "supervised=CHECKPOINT")
+    folder = out.controls / "supervised"
+    job = FoldJob("supervised-control", 0, folder, None)
+    data = {"root": archive["root"], "layout": archive.get("layout") or "picai",
+            "labels_root": archive.get("labels_root"), "fold": 0, "n_folds": 5, "train_fraction": 1.0,
+            "split_file": str(out.controls / "supervised_splits.json")}
+    overrides = {"data": {"init_args": data}, "model": {"init_args": {"init_from": None}},
+                 "trainer": {"default_root_dir": str(folder), "limit_val_batches": 0,
+                             **({} if verbose else {"enable_model_summary": False})}}
+    identity = {"config": fingerprint(computation_config(merge(config, overrides))), "archive": str(archive["root"])}
+    stamp = Stamp(folder, CvOutput.STAMP)
+    if overwrite and stamp.read() not in (None, identity):
+        shutil.rmtree(folder)
+    stamp.claim(identity, "the supervised control")
+    last = Run(folder).last
+    if (folder / CvOutput.DONE).is_file() and last.is_file():
+        return str(last)
+    built = build(config, overrides)
+    if not built.datamodule.used_cases(built.datamodule.discover()):
+        raise ConfigError(f"--control supervised: the pretraining archive {archive['root']} has no labelled case; "
+                          "label some or give --control supervised=CHECKPOINT")
+    _checkpoint_callback(built.trainer, job)
+    logger.info("supervised control: training on the labelled cases of %s", archive["root"])
+    built.trainer.fit(built.system, datamodule=built.datamodule, ckpt_path=str(last) if last.is_file() else None)
+    write_json(folder / CvOutput.DONE, {"checkpoint": str(last), "steps": int(built.trainer.global_step),
+                                        "train_cases": len(built.datamodule.train_cases)})
+    return str(last)
 
 
 @dataclass
@@ -300,6 +427,8 @@ class ReportContext:
     init_from: str | None
     config: dict[str, Any]
     identities: dict[FoldJob, dict[str, Any]]
+    family: int = 1  # comparisons the study makes (arms compared with scratch x fractions)
+    controls: dict[str, str] = field(default_factory=dict)  # control arm -> its initial weights
 
 
 def _records(jobs: Sequence[FoldJob], identities: Mapping[FoldJob, dict]) -> dict[str, list[dict[str, Any]]]:
@@ -313,33 +442,69 @@ def _records(jobs: Sequence[FoldJob], identities: Mapping[FoldJob, dict]) -> dic
     return records
 
 
-def write_study_report(out: CvOutput, jobs: list[FoldJob], context: ReportContext,
-                       fractions: list[float]) -> dict[str, Any]:
-    """One report per fraction (in its folder) and the study's: ``cv_report.json`` with ``fractions``
-    (pooled metrics per fraction and run, the paired difference pretrained - scratch with its CI and p-value
-    on the same validation cases), the largest fraction's report as the main one, and ``label_efficiency.png``."""
+def write_reports(out: CvOutput, jobs: list[FoldJob], context: ReportContext, fractions: list[float],
+                  seeds: list[int | None], study: bool) -> dict[str, Any]:
+    """Every report of the run: one per seed (a cv output of its own), one over seeds, one per fraction and the
+    study's (``fractions``, ``label_efficiency.png``); returns the top-level one."""
     rows = []
     for fraction in fractions:
         chosen = [j for j in jobs if j.fraction == fraction]
-        report = write_report(out.fraction_dir(fraction), chosen, context)
-        rows.append(fraction_row(fraction, report, _records(chosen, context.identities)))
-    main = write_report(out.root, [j for j in jobs if j.fraction == fractions[-1]], context, extra={"fractions": rows})
+        base = out.fraction_dir(fraction)
+        if seeds == [None]:
+            report = write_report(base, chosen, context) if study else None
+            records = _records(chosen, context.identities)
+        else:
+            per_seed, records = {}, {}
+            for seed in seeds:
+                mine = [j for j in chosen if j.seed == seed]
+                results = score_folds(_records(mine, context.identities), _label_reference(context.dm))
+                write_report(out.seed_dir(fraction, seed), mine, context, results=results)
+                per_seed[seed] = results
+                for arm, recs in _records(mine, context.identities).items():
+                    records.setdefault(arm, []).extend(recs)
+            report = write_seeds_report(base, per_seed, _provenance_extra(context, per_seed), context.family)
+        if study:
+            rows.append(fraction_row(fraction, report, records))
+    last = [j for j in jobs if j.fraction == fractions[-1]]
+    if not study:
+        return write_report(out.root, last, context) if seeds == [None] else read_json(out.report, "cv report")
+    if seeds == [None]:
+        main = write_report(out.root, last, context, extra={"fractions": rows})
+    else:
+        main = {**read_json(out.fraction_dir(fractions[-1]) / CvOutput.REPORT, "cv report"), "fractions": rows}
+        write_json(out.report, main)
+        write_text(out.root / "cv_report.md", (out.fraction_dir(fractions[-1]) / "cv_report.md").read_text())
     write_label_efficiency(out.root, main)
     return read_json(out.report, "cv report")
 
 
+def _label_reference(dm) -> dict[str, str]:
+    """Labels stored on another grid than the maps (Prostate158: the ADC grid) are scored on the T2W grid."""
+    if "t2w" not in dm.modalities:
+        return {}
+    return labels_of_cases([c for c in dm.cases if c.label is not None], "t2w")[1]
+
+
 def write_report(output: Path, jobs: list[FoldJob], context: ReportContext,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score every fold's written maps with picai_eval and write ``cv_report.{json,md}`` with provenance."""
+                 extra: dict[str, Any] | None = None, results: dict[str, list[dict]] | None = None) -> dict[str, Any]:
+    """Score every fold's written maps with picai_eval (unless ``results`` holds them scored) and write
+    ``cv_report.{json,md}`` with provenance."""
+    if results is None:
+        results = score_folds(_records(jobs, context.identities), _label_reference(context.dm))
+    return write_cv_report(output, results, {**_provenance_extra(context, {None: results}), **(extra or {})})
+
+
+def _provenance_extra(context: ReportContext, per_seed: Mapping[Any, Mapping[str, list[dict]]]) -> dict[str, Any]:
+    """The report's ``leakage`` and ``provenance``: which labels, split, selection rule, seeds, weights and software
+    made its numbers."""
     dm = context.dm
-    # labels stored on another grid than the maps (Prostate158: the ADC grid) are scored on the T2W grid
-    _, label_reference = labels_of_cases([c for c in dm.cases if c.label is not None], "t2w") \
-        if "t2w" in dm.modalities else ({}, {})
-    results = score_folds(_records(jobs, context.identities), label_reference)
-    leaked = sorted({c for recs in results.values() for r in recs for c in r.get("leaked_cases", [])})
+    leaked = sorted({c for results in per_seed.values() for recs in results.values() for r in recs
+                     for c in r.get("leaked_cases", [])})
     labelled = [c for c in dm.cases if c.label is not None]
     sources = Counter(getattr(c, "label_source", None) or "unknown" for c in labelled)
     init_from = context.init_from
+    steps = sorted({r.get("steps") for results in per_seed.values() for recs in results.values() for r in recs
+                    if r.get("steps") is not None})
     provenance = {
         "label_source": getattr(dm, "label_source", None),
         "label_sources": dict(sources),
@@ -349,24 +514,37 @@ def write_report(output: Path, jobs: list[FoldJob], context: ReportContext,
                            if context.selection == "last" else
                            "optimistic: each fold's checkpoint was selected on the same fold it reports"),
         "init_from": {"path": init_from, "sha256": file_sha256(init_from)
-                      if init_from and Path(init_from).is_file() else None},
+                      if init_from and Path(init_from).is_file() else None,
+                      "pretext": _pretext(init_from)},
+        "controls": {arm: {"path": path, "sha256": file_sha256(path)} for arm, path in context.controls.items()},
+        "seeds": [s for s in per_seed if s is not None] or None,
+        "optimiser_steps_per_fold": steps,
+        "train_batches_per_epoch": getattr(dm, "train_batches_per_epoch", None),
         "leakage_check": "validation cases seen in pretraining: " + (", ".join(leaked[:5]) if leaked else "none"),
         "config_sha256": fingerprint(context.config),
         "versions": versions(),
         "device": device_name(),
     }
-    extra = {"leakage": {"validated_cases_seen_in_pretraining": leaked,
-                         "note": "validation cases that the init_from checkpoint was pretrained on" if leaked
-                         else "no validation case was in the pretraining data (or the checkpoint does not say)"},
-             "provenance": provenance, **(extra or {})}
-    return write_cv_report(output, results, extra)
+    return {"leakage": {"validated_cases_seen_in_pretraining": leaked,
+                        "note": "validation cases that the init_from checkpoint was pretrained on" if leaked
+                        else "no validation case was in the pretraining data (or the checkpoint does not say)"},
+            "provenance": provenance}
+
+
+def _pretext(init_from: str | None) -> dict[str, Any] | None:
+    """The pretext metrics saved beside the pretraining checkpoint (``pretext.json``), when there are some."""
+    if not init_from:
+        return None
+    path = Path(init_from).parent / "pretext.json"
+    return read_json(path, "pretext metrics") if path.is_file() else None
 
 
 def run_worker(config_file: str | Path, output: str | Path, fold: int, fold_dir: str | Path, run: str,
-               scratch: bool, fraction: float, selection: str, verbose: bool) -> dict[str, Any]:
+               init_from: str | None, fraction: float, seed: int | None, selection: str,
+               verbose: bool) -> dict[str, Any]:
     """One fold in a ``--workers`` process; the parent claimed its folder (its stamp), wrote the split and the
     resolved config the fold is built from."""
     config = read_json(config_file, "cv config")
-    job = FoldJob(run, fold, Path(fold_dir), scratch, fraction)
+    job = FoldJob(run, fold, Path(fold_dir), init_from, fraction, seed)
     identity = Stamp(job.fold_dir, CvOutput.STAMP).read()
     return run_fold(config, job, CvOutput(Path(output)).splits, selection, identity, verbose)

@@ -7,14 +7,18 @@ A cross-validation output (``medssl cv --output DIR``)::
 
     DIR/splits.json                      the folds every run validates
     DIR/cv_report.{json,md}, *.png       the report (a study's: the largest fraction's, plus ``fractions``)
-    DIR/[fraction_<f>/][scratch/]fold_<k>/
+    DIR/[fraction_<f>/][seed_<s>/][<run>/]fold_<k>/
         .medssl_fold.json                what made the fold (its stamp)
         fold_result.json                 written last: the fold is finished
         checkpoints/last.ckpt            the fold's weights
         predictions/<case_id>.nii.gz     its validation maps in each case's own geometry
+    DIR/controls/{shuffled,supervised}.ckpt, supervised/   the control arms' initial weights (``--control``)
 
-``fraction_<f>/`` exists in a label-efficiency study (``--train-fractions``); ``scratch/`` holds the
-from-scratch twin of a pretrained run (a run without ``init_from`` is itself the main run, at the top).
+``fraction_<f>/`` exists in a label-efficiency study (``--train-fractions``), ``seed_<s>/`` when several
+training seeds run (``--seeds``; each seed folder is a cv output of its own, with its report, and the
+folder above holds the report over seeds). The main run (pretrained, or from scratch without ``init_from``)
+is at the top; every other arm in a folder of its name: ``scratch/`` (the twin), ``supervised/`` and
+``shuffled/`` (the positive and negative controls).
 """
 
 from __future__ import annotations
@@ -77,13 +81,18 @@ class Run:
 
 @dataclass(frozen=True)
 class FoldJob:
-    """One fold of one run of a cross-validation: where it lives and how it trains."""
+    """One fold of one arm of a cross-validation: where it lives and how it trains."""
 
-    run: str  # "pretrained" or "scratch"
+    run: str  # the arm: "pretrained", "scratch", "supervised" or "shuffled"
     fold: int
     fold_dir: Path
-    scratch: bool  # trained with init_from unset
+    init_from: str | None  # the weights the fold starts from (None: from scratch)
     fraction: float = 1.0  # of the fold's training patients (a label-efficiency study)
+    seed: int | None = None  # the training seed (None: the config's seed_everything)
+
+    @property
+    def scratch(self) -> bool:
+        return self.init_from is None
 
     @property
     def record(self) -> Path:
@@ -113,10 +122,12 @@ class CvOutput:
     Args:
         root: the ``--output`` folder.
         study: a label-efficiency study (``--train-fractions``): each fraction in ``fraction_<f>/``.
+        seeds: several training seeds (``--seeds``): each in ``seed_<s>/``.
     """
 
     root: Path
     study: bool = False
+    seeds: bool = False
 
     DONE = "fold_result.json"
     STAMP = ".medssl_fold.json"
@@ -131,21 +142,46 @@ class CvOutput:
     def report(self) -> Path:
         return self.root / self.REPORT
 
+    @property
+    def controls(self) -> Path:
+        return self.root / "controls"
+
     def fraction_dir(self, fraction: float) -> Path:
         return self.root / f"fraction_{fraction:g}" if self.study else self.root
 
-    def run_dir(self, run: str, main_run: str, fraction: float = 1.0) -> Path:
-        """The folder of ``run``: the main run at the top (of its fraction), a twin under ``scratch/``."""
+    def seed_dir(self, fraction: float = 1.0, seed: int | None = None) -> Path:
         base = self.fraction_dir(fraction)
-        return base if run == main_run else base / "scratch"
+        return base / f"seed_{seed}" if self.seeds else base
 
-    def job(self, run: str, main_run: str, fold: int, fraction: float = 1.0) -> FoldJob:
-        folder = self.run_dir(run, main_run, fraction) / f"fold_{fold}"
-        return FoldJob(run, fold, folder, scratch=run == "scratch" and main_run != "scratch", fraction=fraction)
+    def run_dir(self, run: str, main_run: str, fraction: float = 1.0, seed: int | None = None) -> Path:
+        """The folder of ``run``: the main run at the top (of its fraction and seed), any other arm in its own."""
+        base = self.seed_dir(fraction, seed)
+        return base if run == main_run else base / run
+
+    def job(self, run: str, main_run: str, fold: int, init_from: str | None, fraction: float = 1.0,
+            seed: int | None = None) -> FoldJob:
+        folder = self.run_dir(run, main_run, fraction, seed) / f"fold_{fold}"
+        return FoldJob(run, fold, folder, init_from, fraction=fraction, seed=seed)
 
     # -- reading a finished output -----------------------------------------------------------------------
-    def read_report(self, fraction: float | None = None) -> tuple[dict[str, Any], Path]:
-        """The report of the whole output, or of one fraction of a study; with the folder it describes."""
+    def read_report(self, fraction: float | None = None, seed: int | None = None) -> tuple[dict[str, Any], Path]:
+        """The report of the whole output, of one fraction of a study, or of one seed; with the folder it describes."""
+        report, folder = self._fraction_report(fraction)
+        seeds = report.get("seeds")
+        if seeds is None:
+            if seed is not None:
+                raise ConfigError(f"--seed {seed}: {folder} was trained with one seed (no --seeds); leave --seed out")
+            return report, folder
+        if seed is None:
+            raise ConfigError(f"--cv {folder} holds runs of seeds {', '.join(map(str, seeds))}; choose one with --seed")
+        if seed not in seeds:
+            raise ConfigError(f"--seed {seed}: {folder} has seeds {', '.join(map(str, seeds))}")
+        sub = folder / f"seed_{seed}" / self.REPORT
+        if not sub.is_file():
+            raise ConfigError(f"--seed {seed}: {sub} is missing (the run did not finish)")
+        return read_json(sub, "cv report"), sub.parent
+
+    def _fraction_report(self, fraction: float | None) -> tuple[dict[str, Any], Path]:
         if not self.report.is_file():
             raise ConfigError(f"--cv {self.root}: no {self.REPORT} (the cv has not finished, or this is not a cv "
                               "output)")
@@ -171,7 +207,7 @@ class CvOutput:
             raise ConfigError(f"--fraction {fraction:g}: {sub} is missing (the study did not finish)")
         return read_json(sub, "cv report"), folder
 
-    def checkpoints(self, run: str | None = None, fraction: float | None = None) -> list[Path]:
+    def checkpoints(self, run: str | None = None, fraction: float | None = None, seed: int | None = None) -> list[Path]:
         """The reported checkpoint of every fold of ``run`` (default: the report's main run).
 
         Only the folds the report lists are taken (folds another config left in the folder are not), each
@@ -180,14 +216,15 @@ class CvOutput:
         Args:
             run: ``pretrained`` or ``scratch``.
             fraction: the fraction of a label-efficiency study (required there, refused elsewhere).
+            seed: the training seed of a ``--seeds`` run (required there, refused elsewhere).
         """
-        report, folder = self.read_report(fraction)
+        report, folder = self.read_report(fraction, seed)
         main = report.get("main_run", "pretrained")
         run = run or main
         summary = report["runs"].get(run)
         if not isinstance(summary, dict):
             raise ConfigError(f"--cv {self.root}: its report has no {run} run (runs: {sorted(report['runs'])})")
-        base = folder if run == main else folder / "scratch"
+        base = folder if run == main else folder / run
         out = []
         for fold in summary.get("folds") or []:
             record_path = base / f"fold_{fold['fold']}" / self.DONE

@@ -157,4 +157,5 @@ def worker_command(config_file: Path, output: Path, job: FoldJob, selection: str
     return [sys.executable, "-m", "medssl", "cv", "--worker-config", str(config_file), "--output", str(output),
             "--worker-fold", str(job.fold), "--worker-dir", str(job.fold_dir), "--worker-run", job.run,
             "--worker-fraction", repr(job.fraction), "--selection", selection, *(["--verbose"] if verbose else []),
-            *(["--worker-scratch"] if job.scratch else [])]
+            *(["--worker-init-from", job.init_from] if job.init_from else []),
+            *(["--worker-seed", str(job.seed)] if job.seed is not None else [])]

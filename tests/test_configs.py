@@ -97,10 +97,11 @@ def test_tiny_pretraining_checkpoint_initialises_tiny_finetune_encoder(tmp_path)
 
 
 def _fit_args(config: str, root, tmp_path) -> list[str]:
-    # two folds and one batch holding every case: one epoch is one step and one validation batch
+    # two folds and a step budget of one batch: one epoch is one step
     # (limit_train_batches would not do: the CLI reads "1" there as the float 1.0, i.e. every batch)
     return ["--config", str(REPO / config), "--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache"),
-            "--data.n_folds", "2", "--data.batch_size", "32", "--trainer.max_epochs", "1",
+            "--data.n_folds", "2", "--data.batch_size", "2", "--data.train_batches_per_epoch", "1",
+            "--trainer.max_epochs", "1",
             "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
 
 

@@ -264,3 +264,50 @@ def test_infer_cv_uses_every_folds_reported_checkpoint(cv_run, picai_root, tmp_p
     reported = [json.loads(p.read_text())["checkpoint"] for p in folds]
     assert [m["checkpoint"] for m in record["models"]] == reported and len(reported) == 3
     assert len(record["cases"]) == 2
+
+
+def test_seeds_and_controls_with_a_fixed_step_budget(picai_root, tmp_path):
+    """--seeds 0,1 --train-fractions 0.5,1.0 --twin --control supervised: a folder per (fraction, seed, arm, fold),
+    every fold the same number of optimiser steps, a report over seeds with each arm against scratch, the positive
+    control's reading, and the pretext metrics of the pretraining run in the provenance."""
+    archive = tmp_path / "archive"
+    synth_picai(archive, cases=12, seed=40, first_patient=40000)  # labelled: the supervised control trains on it
+    pre = run_medssl("fit", "--config", str(REPO / "configs/pretrain/cswin_tiny.yaml"), "--data.root", str(archive),
+                     "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "1",
+                     "--trainer.default_root_dir", str(tmp_path / "pre"), "--trainer.enable_progress_bar", "false",
+                     cwd=tmp_path)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    init = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    assert json.loads((init.parent / "pretext.json").read_text())["rotation_chance"] == 0.25
+    out = tmp_path / "out"
+    result = run_medssl("cv", "--config", CONFIG, "--data.root", str(picai_root), "--data.cache_dir",
+                        str(tmp_path / "cache"), "--data.n_folds", "2", "--folds", "0", "--trainer.max_epochs", "1",
+                        "--data.train_batches_per_epoch", "2", "--trainer.enable_progress_bar", "false",
+                        "--model.init_args.init_from", str(init), "--seeds", "0,1", "--train-fractions", "0.5,1.0",
+                        "--twin", "--control", "supervised", "--output", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps, train_cases = set(), {}
+    for fraction in (0.5, 1.0):
+        for seed in (0, 1):
+            for arm, folder in (("pretrained", ""), ("scratch", "scratch"), ("supervised", "supervised")):
+                record = json.loads((out / f"fraction_{fraction:g}" / f"seed_{seed}" / folder / "fold_0"
+                                     / "fold_result.json").read_text())
+                assert record["run"] == arm and record["seed"] == seed and record["train_batches_per_epoch"] == 2
+                steps.add(record["steps"])
+                train_cases.setdefault(fraction, set()).add(record["train_cases"])
+                if arm != "scratch":
+                    assert record["init_report"]["loaded"] > 0 and record["not_transferred"]
+    assert steps == {2}  # the same optimiser steps at every fraction, seed and arm
+    assert max(train_cases[0.5]) < min(train_cases[1.0])
+    report = json.loads((out / "cv_report.json").read_text())
+    assert report["seeds"] == [0, 1] and [row["fraction"] for row in report["fractions"]] == [0.5, 1.0]
+    for row in report["fractions"]:
+        for comparison in (row["difference"], row["controls"]["supervised"]):
+            assert comparison["seeds"] == [0, 1] and comparison["score"]["ci"] is not None
+            assert set(comparison["score"]["per_seed"]) == {"0", "1"}
+    assert report["positive_control"]["verdict"] == report["controls"]["supervised"]["score"]["verdict"]
+    provenance = report["provenance"]
+    assert provenance["init_from"]["pretext"]["held_out_cases"] == 4 and provenance["seeds"] == [0, 1]
+    assert provenance["optimiser_steps_per_fold"] == [2] and provenance["controls"]["supervised"]["sha256"]
+    assert report["leakage"]["validated_cases_seen_in_pretraining"] == []  # the archive is other patients
+    assert "Positive control" in (out / "cv_report.md").read_text()

@@ -28,17 +28,21 @@ def _report(folder: Path, main: str, runs: dict[str, list[int]], **extra) -> Non
     (folder / CvOutput.REPORT).write_text(json.dumps(body))
 
 
-def test_the_layout_of_a_plain_cv_and_a_study():
+def test_the_layout_of_a_plain_cv_a_study_and_seeds():
     plain, study = CvOutput(Path("/o")), CvOutput(Path("/o"), study=True)
-    assert plain.job("pretrained", "pretrained", 2).fold_dir == Path("/o/fold_2")
-    twin = plain.job("scratch", "pretrained", 2)
+    assert plain.job("pretrained", "pretrained", 2, "/p.ckpt").fold_dir == Path("/o/fold_2")
+    twin = plain.job("scratch", "pretrained", 2, None)
     assert twin.fold_dir == Path("/o/scratch/fold_2") and twin.scratch
-    alone = plain.job("scratch", "scratch", 0)  # a run without init_from is the main run, at the top
-    assert alone.fold_dir == Path("/o/fold_0") and not alone.scratch
-    job = study.job("scratch", "pretrained", 1, 0.25)
+    alone = plain.job("scratch", "scratch", 0, None)  # a run without init_from is the main run, at the top
+    assert alone.fold_dir == Path("/o/fold_0") and alone.scratch
+    control = plain.job("supervised", "pretrained", 1, "/s.ckpt")
+    assert control.fold_dir == Path("/o/supervised/fold_1") and not control.scratch
+    job = study.job("scratch", "pretrained", 1, None, 0.25)
     assert job.fold_dir == Path("/o/fraction_0.25/scratch/fold_1") and job.fraction == 0.25
     assert job.record == job.fold_dir / "fold_result.json" and job.checkpoints == job.fold_dir / "checkpoints"
     assert plain.splits == Path("/o/splits.json") and study.fraction_dir(1.0) == Path("/o/fraction_1")
+    seeded = CvOutput(Path("/o"), study=True, seeds=True).job("shuffled", "pretrained", 0, "/x.ckpt", 0.5, seed=2)
+    assert seeded.fold_dir == Path("/o/fraction_0.5/seed_2/shuffled/fold_0") and seeded.seed == 2
 
 
 def test_checkpoints_of_the_reported_folds_from_their_own_folders(tmp_path):
@@ -93,3 +97,20 @@ def test_run_config_for_a_checkpoint_is_the_newest_written_before_it(tmp_path):
     assert Run.of_checkpoint(run.last) == Run(tmp_path.resolve())
     with pytest.raises(ConfigError, match="no config.yaml found"):
         Run(tmp_path / "empty").config_for(run.last)
+
+
+def test_a_run_of_several_seeds_needs_a_seed(tmp_path):
+    _report(tmp_path, "pretrained", {"pretrained": [0]}, seeds=[0, 1])
+    expected = _fold(tmp_path / "seed_1", 0, "pretrained")
+    _report(tmp_path / "seed_1", "pretrained", {"pretrained": [0]})
+    out = CvOutput(tmp_path)
+    with pytest.raises(ConfigError, match="holds runs of seeds 0, 1; choose one with --seed"):
+        out.checkpoints()
+    with pytest.raises(ConfigError, match="--seed 5: .* has seeds 0, 1"):
+        out.checkpoints(seed=5)
+    with pytest.raises(ConfigError, match="seed_0/cv_report.json is missing"):
+        out.checkpoints(seed=0)
+    assert out.checkpoints(seed=1) == [expected]
+    _report(tmp_path / "plain", "pretrained", {"pretrained": [0]})
+    with pytest.raises(ConfigError, match="--seed 1: .* trained with one seed"):
+        CvOutput(tmp_path / "plain").checkpoints(seed=1)

@@ -40,19 +40,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--train-fractions", default=None,
                         help="a label-efficiency study: train every fold on these fractions of its training patients "
                              "(nested, stratified; validation unchanged), e.g. 0.1,0.25,0.5,1.0")
+    parser.add_argument("--seeds", default=None,
+                        help="training seeds, e.g. 0,1,2: every fold of every arm trained once per seed (seed_<s>/), "
+                             "the comparison resampling seeds and cases")
+    parser.add_argument("--control", action="append", default=[], metavar="ARM",
+                        help="a control arm compared with scratch like the pretrained run: supervised (trained on the "
+                             "pretraining archive's labels; supervised=CKPT: any checkpoint, a positive control that "
+                             "must win) or shuffled (the pretrained weights with each tensor permuted); repeatable")
     parser.add_argument("--verbose", action="store_true", help="Lightning's model summaries and tips")
     # a worker process started by --workers: one fold, no report
     parser.add_argument("--worker-config", help=argparse.SUPPRESS)
     parser.add_argument("--worker-fold", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.add_argument("--worker-run", default="pretrained", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-scratch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-init-from", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-fraction", type=float, default=1.0, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
     if args.worker_fold is not None:
         run_worker(args.worker_config, args.output, args.worker_fold, args.worker_dir, args.worker_run,
-                   args.worker_scratch, args.worker_fraction, args.selection, args.verbose)
+                   args.worker_init_from, args.worker_fraction, args.worker_seed, args.selection, args.verbose)
         return 0
     if not args.config:
         raise ConfigError("give the finetuning recipe with --config (e.g. configs/finetune/cswin_picai_tiny.yaml)")
@@ -65,9 +73,15 @@ def main(argv: list[str]) -> int:
         except ValueError:
             raise ConfigError(f"--train-fractions {args.train_fractions!r}: give fractions like 0.25,0.5,1.0") from None
     folds = _folds(args.folds)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: give seeds like 0,1,2") from None
     config = resolve(args.config, overrides)  # the recipe and the options, parsed once; the folds build from it
     report = run_cv(config, folds, args.output, args.twin, args.workers, args.selection, args.overwrite,
-                    args.verbose, fractions)
+                    args.verbose, fractions, seeds, args.control)
     for row in report.get("fractions", []):
         diff = (row.get("difference") or {}).get("score") or {}
         print(f"fraction {row['fraction']:g}: " + ", ".join(

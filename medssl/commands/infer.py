@@ -1,8 +1,9 @@
 """``medssl infer``: finetuned models on new cases, maps in each case's own geometry.
 
 ``--checkpoint A.ckpt [B.ckpt ...]`` (several: their mean, a fold ensemble) or ``--cv CV_DIR`` (the
-reported checkpoint of every fold of a ``medssl cv`` output; ``--run scratch`` for its twin; ``--fraction F``
-for one fraction of a label-efficiency study).
+reported checkpoint of every fold of a ``medssl cv`` output; ``--run scratch`` for its twin or ``--run
+supervised|shuffled`` for a control arm; ``--fraction F`` for one fraction of a label-efficiency study;
+``--seed S`` for one training seed of a ``--seeds`` run).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def main(argv: list[str]) -> int:
     models = parser.add_mutually_exclusive_group(required=True)
     models.add_argument("--checkpoint", nargs="+", help="finetuning checkpoint(s); several are averaged (ensemble)")
     models.add_argument("--cv", help="a medssl cv output: every fold's reported checkpoint, averaged")
-    parser.add_argument("--run", choices=["pretrained", "scratch"], default=None,
-                        help="with --cv: the pretrained run or its from-scratch twin (default: the output's main run)")
+    parser.add_argument("--run", choices=["pretrained", "scratch", "supervised", "shuffled"], default=None,
+                        help="with --cv: the pretrained run, its from-scratch twin or a control arm (default: the "
+                             "output's main run)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="with --cv on a run of several seeds (--seeds): the seed whose folds to use")
     parser.add_argument("--fraction", type=float, default=None,
                         help="with --cv on a label-efficiency study (--train-fractions): the fraction to use")
     parser.add_argument("--output", required=True, help="output folder")
@@ -36,13 +40,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
-    for option in ("run", "fraction"):
+    for option in ("run", "fraction", "seed"):
         if getattr(args, option) is not None and not args.cv:
             raise ConfigError(f"--{option} chooses the folds of a --cv output; with --checkpoint leave it out")
     if args.cv and args.config:
         raise ConfigError("--cv takes each fold's config from its checkpoint; leave out --config")
     options = parse_overrides(overrides)
-    checkpoints = CvOutput(Path(args.cv)).checkpoints(args.run, args.fraction) if args.cv else args.checkpoint
+    checkpoints = CvOutput(Path(args.cv)).checkpoints(args.run, args.fraction, args.seed) if args.cv \
+        else args.checkpoint
     record = run_infer(checkpoints, args.output, args.config, options, args.overwrite,
                        progress=lambda cases: progress(cases, "medssl infer"))
     print(f"wrote {len(record['cases'])} case(s) to {args.output} with {len(record['models'])} model(s) "

@@ -7,6 +7,7 @@ import argparse
 
 def main(argv: list[str]) -> int:
     from medssl.data.synth import synth_brats, synth_picai
+    from medssl.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="medssl synth", description="Write synthetic data in a real layout.")
     parser.add_argument("layout", choices=["picai", "brats"])
@@ -16,12 +17,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--first-patient", type=int, default=None,
                         help="PI-CAI: the first patient id (default 10000); give another range to a second set, e.g. "
                              "an unlabelled archive, so no patient is in both")
-    parser.add_argument("--difficulty", choices=["easy", "realistic"], default="easy",
-                        help="PI-CAI: easy (clear lesions, the tests' default) or realistic (small, low-contrast "
-                             "lesions, bias fields, Rician noise, misregistration, benign look-alikes)")
+    parser.add_argument("--difficulty", choices=["easy", "realistic", "context"], default="easy",
+                        help="PI-CAI: easy (clear lesions, the tests' default), realistic (small, low-contrast "
+                             "lesions, bias fields, Rician noise, misregistration, benign look-alikes) or context "
+                             "(realistic plus mimics with the lesions' own contrast that only anatomy tells apart)")
     args = parser.parse_args(argv)
     if args.cases is not None and args.cases < 1:
-        parser.error(f"--cases {args.cases}: give 1 or more")
+        raise ConfigError(f"--cases {args.cases}: give 1 or more")
+    if args.seed < 0 or (args.first_patient is not None and args.first_patient < 0):
+        raise ConfigError("--seed and --first-patient take a non-negative integer")
     if args.layout == "picai":
         extra = {} if args.first_patient is None else {"first_patient": args.first_patient}
         ids = synth_picai(args.out, cases=args.cases or 30, seed=args.seed, difficulty=args.difficulty, **extra)

@@ -22,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from monai.data import DataLoader as MonaiDataLoader
 from monai.data import Dataset
 from monai.transforms import Compose
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data import Dataset as TorchDataset
 
 from medssl.data.cache import SafePersistentDataset
@@ -90,6 +90,10 @@ class MRIDataModule(LightningDataModule):
             official BM-MAE pipeline); ``false`` centres it exactly (medssl's own runs).
         train_fraction: finetuning only: train on this fraction of the fold's training patients (stratified
             by lesion presence, nested across fractions: ``medssl cv --train-fractions``); validation is unchanged.
+        train_batches_per_epoch: a fixed step budget: every training epoch draws this many batches, cases drawn
+            with replacement, however many training cases there are (the PI-CAI baseline: 100 batches of 8), so
+            runs on fewer labels take as many optimiser steps as runs on all of them; ``null`` = one pass over
+            the training cases per epoch.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class MRIDataModule(LightningDataModule):
         clip_percentiles: list[float] | None = None,
         voxel_aligned: bool = False,
         train_fraction: float = 1.0,
+        train_batches_per_epoch: int | None = None,
         patch_size: list[int] | None = None,
     ):
         super().__init__()
@@ -165,6 +170,10 @@ class MRIDataModule(LightningDataModule):
         if not 0 < train_fraction <= 1:
             raise ConfigError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = float(train_fraction)
+        if train_batches_per_epoch is not None and train_batches_per_epoch < 1:
+            raise ConfigError(f"data.train_batches_per_epoch must be 1 or more (or null), got "
+                              f"{train_batches_per_epoch}")
+        self.train_batches_per_epoch = train_batches_per_epoch
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.skipped_cases: dict[str, str] = {}
@@ -219,6 +228,17 @@ class MRIDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
+
+    def _train_loader(self, dataset) -> DataLoader:
+        """Shuffled passes over the training cases, or, with ``train_batches_per_epoch``, that many batches of cases
+        drawn with replacement (as picai_baseline's epochs of 100 batches), whatever the number of cases."""
+        if self.train_batches_per_epoch is None:
+            return self._loader(dataset, True, self.batch_size)
+        sampler = RandomSampler(dataset, replacement=True,
+                                num_samples=self.train_batches_per_epoch * self.batch_size)
+        return MonaiDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                               pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+                               drop_last=False)
 
     # -- unusable cases ----------------------------------------------------------------------------
     with_labels = False
@@ -324,7 +344,7 @@ class PretrainDataModule(MRIDataModule):
         self.val_cases = self.cases[len(self.cases) - n_val:] if n_val > 0 else []
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.make_dataset(self.train_cases, False, True), True, self.batch_size)
+        return self._train_loader(self.make_dataset(self.train_cases, False, True))
 
     def val_dataloader(self):
         if not self.val_cases:
@@ -375,7 +395,7 @@ class FinetuneDataModule(MRIDataModule):
         return float(np.mean([not self.positive[c.case_id] for c in self.train_cases]))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.make_dataset(self.train_cases, True, True), True, self.batch_size)
+        return self._train_loader(self.make_dataset(self.train_cases, True, True))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.make_dataset(self.val_cases, True, False), False,

@@ -7,12 +7,17 @@ ADC and HBV on a coarser, shifted grid, label lesions with ISUP grades 2..5, lea
 unlabelled (or with only an AI-derived label) and give some patients two studies. BraTS cases
 drop flair or t1ce now and then.
 
-PI-CAI comes in two difficulties. ``easy`` (the quickstart's and the tests') draws an ellipsoid
+PI-CAI comes in three difficulties. ``easy`` (the quickstart's and the tests') draws an ellipsoid
 gland with ellipsoid lesions that stand out in every modality. ``realistic`` draws what makes
 real csPCa detection hard: lesions of 5-20 mm that are nearly invisible in T2W and show mainly
 in ADC (darker) and HBV (brighter), a gland of varied shape with a peripheral and a transition
 zone, unlabelled benign look-alikes (BPH nodules, prostatitis), smooth coil bias fields, Rician
 noise, partial volume, and a few millimetres of patient motion between T2W and the DWI series.
+``context`` is ``realistic`` with benign mimics that a local intensity cue cannot tell from csPCa: foci
+with exactly the lesions' ADC/HBV contrast (drawn from the same distribution), told apart only by where
+they are: in the transition zone, as a mirror-symmetric pair across the midline, or just outside the
+capsule; every csPCa lesion is a single focus in the peripheral zone. Telling them apart takes anatomy
+(zones, symmetry, the gland's boundary), which is what pretraining on an archive can teach an encoder.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +40,7 @@ MARKSHEET_COLUMNS = (
     "patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
     "histopath_type", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa", "center",
 )
-DIFFICULTIES = ("easy", "realistic")
+DIFFICULTIES = ("easy", "realistic", "context")
 POSITIVE_FRACTION = 0.45
 SCALE = {"t2w": 400.0, "adc": 1800.0, "hbv": 30.0}  # relative signal -> stored value, both difficulties
 SERIES = {"t2w": ("t2w",), "dwi": ("adc", "hbv")}  # ADC and HBV come from one DWI acquisition
@@ -347,13 +352,78 @@ class RealisticProstate:
         return _label(self.lesions, _world(*grid))
 
 
+@dataclass
+class ContextProstate(RealisticProstate):
+    """A realistic case plus lesion-like benign mimics that only context tells apart (the ``context`` difficulty).
+
+    Every csPCa lesion lies in the peripheral zone, on one side; 1-3 mimics per case (positive or not) carry a
+    lesion's own contrast (``lesion_factors`` of a lesion-like conspicuity) and size, placed where csPCa is not:
+    in the transition zone, as a pair mirrored across the gland's mid-sagittal plane, or straddling the capsule.
+    """
+
+    MIMICS = ("transition_zone", "symmetric_pair", "capsule")
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, fov_centre: np.ndarray, fov_direction: np.ndarray,
+             fov_half: np.ndarray) -> ContextProstate:
+        base = RealisticProstate.draw(rng, fov_centre, fov_direction, fov_half)
+        case = cls(**{f.name: getattr(base, f.name) for f in fields(RealisticProstate)})
+        fov = (np.asarray(fov_centre), np.asarray(fov_direction), np.asarray(fov_half))
+        for lesion in case.lesions:  # csPCa in the peripheral zone only: a TZ focus is a mimic here
+            if case._zone_of(lesion.centre) != "pz":
+                centre = case._point_in(rng, "pz", fov, margin=2.5)
+                if centre is not None:
+                    lesion.centre = centre
+        for _ in range(rng.integers(1, 4)):
+            kind = case.MIMICS[int(rng.integers(len(case.MIMICS)))]
+            conspicuity = 0.6 * rng.random() + 0.4 * rng.random()  # as a lesion's, of any grade
+            size = np.exp(rng.uniform(np.log(2.5), np.log(8.0)))
+            radii, rotation = np.maximum(size * rng.uniform(0.8, 1.25, 3), 2.0), _rotation_z(rng.uniform(0, 180))
+            for centre in case._mimic_centres(rng, kind, fov):
+                case.look_alikes.append(Focus(centre, radii, lesion_factors(conspicuity), rotation))
+        return case
+
+    def _zone_of(self, point: np.ndarray) -> str:
+        gland, tz, _, _ = self._zones(np.asarray(point)[None])
+        return "tz" if tz[0] else "pz" if gland[0] else "outside"
+
+    def _mimic_centres(self, rng: np.random.Generator, kind: str, fov) -> list[np.ndarray]:
+        if kind == "transition_zone":
+            centre = self._point_in(rng, "tz", fov, margin=2.5)
+            return [] if centre is None else [centre]
+        if kind == "symmetric_pair":  # one focus and its mirror image across the gland's mid-sagittal plane
+            for _ in range(50):
+                centre = self._point_in(rng, "pz", fov, margin=2.5)
+                if centre is None:
+                    return []
+                v = self.rotation.T @ (centre - self.centre)
+                v[0] = -v[0]
+                mirror = self.centre + self.rotation @ v
+                if self._zone_of(mirror) == "pz" and np.linalg.norm(mirror - centre) > 8.0:
+                    return [centre, mirror]
+            return []
+        # straddling the capsule: on the gland's surface, lateral or posterior, centred just outside it
+        for _ in range(50):
+            u = rng.normal(size=3)
+            u[1] = abs(u[1])  # posterior half (+y is posterior in LPS)
+            u /= np.linalg.norm(u)
+            for scale in np.linspace(0.9, 1.4, 11):
+                point = self.centre + self.rotation @ (u * self.radii * scale)
+                if self._zone_of(point) == "outside":
+                    fov_centre, fov_direction, fov_half = fov
+                    if np.all(np.abs(fov_direction.T @ (point - fov_centre)) <= fov_half - 2.5):
+                        return [point]
+                    break
+        return []
+
+
 def _symmetric(a: np.ndarray) -> np.ndarray:
     return (a + a.T) / 2
 
 
 def synth_picai(
     out: str | Path, cases: int = 30, seed: int = 0, fov_mm: float = 48.0, first_patient: int = 10000,
-    difficulty: Literal["easy", "realistic"] = "easy",
+    difficulty: Literal["easy", "realistic", "context"] = "easy",
 ) -> list[str]:
     """Write a PI-CAI-layout folder: ``out/images`` and ``out/picai_labels``. Returns the case ids.
 
@@ -363,9 +433,10 @@ def synth_picai(
         seed: random seed; the same seed writes the same data.
         fov_mm: in-plane field of view of the T2W images (small keeps it fast).
         first_patient: first patient id; study ids follow it (another set needs other ids).
-        difficulty: ``easy`` (conspicuous ellipsoid lesions, the quickstart's) or ``realistic``
+        difficulty: ``easy`` (conspicuous ellipsoid lesions, the quickstart's tests'), ``realistic``
             (subtle lesions seen mainly in ADC and HBV, zones, unlabelled look-alikes, bias fields,
-            Rician noise, T2W-DWI misregistration: see ``RealisticProstate``).
+            Rician noise, T2W-DWI misregistration: see ``RealisticProstate``) or ``context`` (realistic, plus
+            benign mimics with the lesions' own contrast that only anatomy tells apart: ``ContextProstate``).
 
     Example:
         >>> ids = synth_picai("runs/synth_hard", cases=40, difficulty="realistic")  # doctest: +SKIP
@@ -396,7 +467,8 @@ def synth_picai(
         if difficulty == "easy":
             case = EasyProstate.draw(rng, centre)
         else:
-            case = RealisticProstate.draw(rng, centre, direction, (size - 1) * spacing / 2)
+            kind = ContextProstate if difficulty == "context" else RealisticProstate
+            case = kind.draw(rng, centre, direction, (size - 1) * spacing / 2)
 
         t2w = case.images(rng, (size, spacing, origin, direction), "t2w")["t2w"]
         _write(t2w, out / "images" / pid / f"{case_id}_t2w.mha", spacing, origin, direction)

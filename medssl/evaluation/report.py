@@ -20,12 +20,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medssl.evaluation.compare import compare_paired
+from medssl.evaluation.compare import bootstrap_seeds, compare_paired, compare_seeds, verdict
 from medssl.evaluation.picai import bootstrap_ci, evaluate_maps, metrics_summary, pool_metrics
 from medssl.io import atomic_target, write_json, write_text
 
 METRICS = ("auroc", "ap", "score")
-RESERVED = ("main_run", "folds", "mean", "std", "pooled", "runs", "comparison")
+RESERVED = ("main_run", "folds", "mean", "std", "pooled", "runs", "comparison", "controls")
+# the control arms of a study (``medssl cv --control``), compared with the from-scratch twin as the pretrained run is:
+# supervised pretraining must beat scratch (a positive control: the study can detect a gain), shuffled weights
+# must not (a negative control: what looks like a gain is not merely a different initial scale)
+CONTROLS = ("supervised", "shuffled")
 # curve -> (x key, y key, x label, y label), as ``metrics_summary`` stores the curves
 CURVES = {
     "roc": ("fpr", "tpr", "1 - specificity (case level)", "sensitivity (case level)"),
@@ -126,7 +130,8 @@ def _provenance_markdown(provenance: Mapping[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown(runs: Mapping[str, dict], main: str, comparison: Mapping[str, dict] | None = None) -> str:
+def _markdown(runs: Mapping[str, dict], main: str, comparison: Mapping[str, dict] | None = None,
+              controls: Mapping[str, Mapping[str, dict]] | None = None) -> str:
     names = list(runs)
     header = ["fold"] + [f"{run} {m.upper() if m != 'score' else 'score'}" for run in names for m in METRICS]
     lines = [
@@ -156,15 +161,19 @@ def _markdown(runs: Mapping[str, dict], main: str, comparison: Mapping[str, dict
             ci = pooled["ci"].get(m)
             cells.append(_fmt(pooled[m]) + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"))
     lines.append("| " + " | ".join(cells) + " |")
-    if comparison:
-        lines += ["", "pretrained - scratch, pooled over the same cases (paired bootstrap: 95% CI, two-sided p):", "",
-                  "| metric | difference of fold means | pooled difference [95% CI] | p |", "|---|---|---|---|"]
+    for arm, rows in {"pretrained": comparison, **(controls or {})}.items():
+        if not rows:
+            continue
+        lines += ["", f"{arm} - scratch, pooled over the same cases (paired bootstrap over cases, one training run "
+                  "each: 95% CI, two-sided p):", "",
+                  "| metric | difference of fold means | pooled difference [95% CI] | p | verdict |",
+                  "|---|---|---|---|---|"]
         for m in METRICS:
-            row = comparison[m]
+            row = rows[m]
             ci = row.get("pooled_ci")
             lines.append(f"| {m} | {_fmt(row['difference'])} | {_fmt(row['pooled_difference'])}"
                          + ("" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
-                         + f" | {_fmt(row.get('p_value'))} |")
+                         + f" | {_fmt(row.get('p_value'))} | {verdict(ci)} |")
     notes = [f"- {run} fold {row['fold']}: {note}" for run in names for row in runs[run]["folds"]
              for note in row.get("notes", [])]
     if notes:
@@ -231,23 +240,23 @@ def write_curve_plots(
     return paths
 
 
-def _twin_comparison(pretrained: Sequence[Mapping[str, Any]], scratch: Sequence[Mapping[str, Any]],
-                     summaries: Mapping[str, dict], n_bootstrap: int, seed: int) -> dict[str, Any]:
-    """pretrained - scratch per metric: difference of fold means, pooled difference with its paired CI and p."""
-    pooled = [pool_metrics([fold["metrics"] for fold in run]) for run in (pretrained, scratch)]
+def _twin_comparison(runs: Mapping[str, Sequence[Mapping[str, Any]]], summaries: Mapping[str, dict], arm: str,
+                     n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """``arm`` - scratch per metric: difference of fold means, pooled difference with its paired CI and p."""
+    pooled = [pool_metrics([fold["metrics"] for fold in runs[name]]) for name in (arm, "scratch")]
     # the twins validate on the same folds; when they do not (a fold missing in one), no paired test
     paired = compare_paired(*pooled, n_bootstrap=n_bootstrap, seed=seed) \
         if set(pooled[0].subject_list) == set(pooled[1].subject_list) else None
     comparison = {}
     for m in METRICS:
-        a, b = summaries["pretrained"], summaries["scratch"]
+        a, b = summaries[arm], summaries["scratch"]
         diff = None if a["mean"][m] is None or b["mean"][m] is None else a["mean"][m] - b["mean"][m]
         pooled_diff = None if a["pooled"][m] is None or b["pooled"][m] is None else a["pooled"][m] - b["pooled"][m]
-        comparison[m] = {"pretrained": a["mean"][m], "scratch": b["mean"][m], "difference": diff,
-                         "pooled_difference": pooled_diff,
-                         "pooled_ci": None if paired is None else paired[m]["ci"],
+        ci = None if paired is None else paired[m]["ci"]
+        comparison[m] = {arm: a["mean"][m], "scratch": b["mean"][m], "difference": diff,
+                         "pooled_difference": pooled_diff, "pooled_ci": ci,
                          "p_value": None if paired is None else paired[m]["p_value"],
-                         "cases": None if paired is None else paired["cases"]}
+                         "cases": None if paired is None else paired["cases"], "verdict": verdict(ci)}
     return comparison
 
 
@@ -293,16 +302,126 @@ def write_cv_report(
     summaries = {name: run_summary(folds, n_bootstrap=n_bootstrap, seed=seed) for name, folds in runs.items()}
     report: dict[str, Any] = {"main_run": main, **summaries[main], "runs": summaries}
     if "pretrained" in summaries and "scratch" in summaries:
-        report["comparison"] = _twin_comparison(runs["pretrained"], runs["scratch"], summaries, n_bootstrap, seed)
+        report["comparison"] = _twin_comparison(runs, summaries, "pretrained", n_bootstrap, seed)
+    controls = [arm for arm in CONTROLS if arm in summaries and "scratch" in summaries]
+    if controls:
+        report["controls"] = {arm: _twin_comparison(runs, summaries, arm, n_bootstrap, seed) for arm in controls}
     report.update(extra or {})
     report = jsonable(report)
     write_json(output_dir / "cv_report.json", report)
     write_text(output_dir / "cv_report.md", _provenance_markdown(report.get("provenance"))
-               + _markdown(report["runs"], main, report.get("comparison")))
+               + _markdown(report["runs"], main, report.get("comparison"), report.get("controls")))
     for name, summary in report["runs"].items():
         entries = [(f"fold {row['fold']}", row, THIN) for row in summary["folds"]]
         write_curve_plots(output_dir, name, [*entries, ("pooled", summary["pooled"], BOLD)], f"_{_file_name(name)}")
     return report
+
+
+def write_seeds_report(
+    output_dir: str | os.PathLike,
+    per_seed: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]],
+    extra: Mapping[str, Any] | None = None,
+    family: int = 1,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The report over training seeds: each arm's pooled metrics per seed, their mean and training-to-training
+    spread, and every arm against the from-scratch twin over seeds and cases (``compare_seeds``).
+
+    Args:
+        output_dir: the folder above the ``seed_<s>/`` cv outputs.
+        per_seed: seed -> arm -> scored fold records (``score_folds``).
+        extra: merged into the JSON (provenance, leakage).
+        family: the number of comparisons the whole study makes (each row's ``ci_adjusted`` is at 1 - 0.05 / family).
+
+    Returns:
+        The report as written to ``cv_report.json``: ``seeds``, ``main_run``, ``runs`` (arm -> ``per_seed``,
+        ``mean``, ``training_sd``, ``pooled`` with the two-level ``ci``), ``comparison`` (pretrained - scratch),
+        ``controls`` (supervised / shuffled - scratch) and ``positive_control`` (whether the study can detect a gain).
+    """
+    output_dir = Path(output_dir)
+    seeds = sorted(per_seed)
+    arms = list(dict.fromkeys(arm for s in seeds for arm in per_seed[s]))
+    pooled = {arm: {s: pool_metrics([f["metrics"] for f in per_seed[s][arm]]) for s in seeds} for arm in arms}
+    runs: dict[str, Any] = {}
+    for arm in arms:
+        points = {s: metrics_summary(pooled[arm][s]) for s in seeds}
+        per = {s: {m: points[s][m] for m in METRICS} for s in seeds}
+        mean, sd = {}, {}
+        for m in METRICS:
+            mean[m], sd[m] = _mean_std([per[s][m] for s in seeds])
+        runs[arm] = {"per_seed": per, "mean": mean, "std": sd, "training_sd": sd,
+                     "pooled": {**mean, "ci": bootstrap_seeds(pooled[arm], n_bootstrap, seed)},
+                     "folds": [{"seed": s, "fold": f["fold"], **{m: metrics_summary(f["metrics"])[m] for m in METRICS}}
+                               for s in seeds for f in per_seed[s][arm]]}
+    main = "pretrained" if "pretrained" in runs else arms[0]
+    report: dict[str, Any] = {"seeds": seeds, "main_run": main, "runs": runs,
+                              "mean": runs[main]["mean"], "std": runs[main]["std"], "pooled": runs[main]["pooled"]}
+
+    def versus(arm: str) -> dict[str, Any]:
+        out = compare_seeds(pooled[arm], pooled["scratch"], n_bootstrap=n_bootstrap, seed=seed, family=family)
+        for m in METRICS:  # the single-seed comparison's field names, for the study's tables and plots
+            out[m].update(pooled_difference=out[m]["difference"], pooled_ci=out[m]["ci"], cases=out["cases"])
+        return out
+
+    if "scratch" in runs and "pretrained" in runs:
+        report["comparison"] = versus("pretrained")
+    controls = {arm: versus(arm) for arm in CONTROLS if arm in runs and "scratch" in runs}
+    if controls:
+        report["controls"] = controls
+    if "supervised" in controls:
+        report["positive_control"] = positive_control(controls["supervised"]["score"])
+    report.update(extra or {})
+    report = jsonable(report)
+    write_json(output_dir / "cv_report.json", report)
+    write_text(output_dir / "cv_report.md", _provenance_markdown(report.get("provenance")) + _seeds_markdown(report))
+    return report
+
+
+def positive_control(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What the positive control says about the study: it must beat scratch, or no null result can be read."""
+    helped = row.get("verdict") == "helped"
+    return {"verdict": row.get("verdict"), "beat_scratch": helped,
+            "reading": "the positive control beat scratch: the study can detect a pretraining gain of that size"
+            if helped else "the positive control did not beat scratch: this study cannot detect a pretraining gain, "
+            "so a null result for the pretrained run says nothing"}
+
+
+def _seeds_markdown(report: Mapping[str, Any]) -> str:
+    seeds, runs = report["seeds"], report["runs"]
+    lines = ["# Cross-validation report over training seeds (PI-CAI protocol)", "",
+             f"Seeds {', '.join(map(str, seeds))}; each seed trains every fold of every arm (`seed_<s>/` holds its own "
+             "report). Pooled PI-CAI score ((AUROC + AP) / 2) over all validation cases, per seed; the mean over "
+             "seeds with its 95% interval over seeds and cases (two-level bootstrap), and the training-to-training "
+             "standard deviation.", "",
+             "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95% CI] | training sd |",
+             "|" + "---|" * (len(seeds) + 3)]
+    for arm, run in runs.items():
+        ci = (run["pooled"].get("ci") or {}).get("score")
+        lines.append(f"| {arm} | " + " | ".join(_fmt(run["per_seed"][str(s)]["score"] if str(s) in run["per_seed"]
+                                                      else run["per_seed"].get(s, {}).get("score")) for s in seeds)
+                     + f" | {_fmt(run['mean']['score'])}" + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+                     + f" | {_fmt(run['training_sd']['score'])} |")
+    rows = {"pretrained": report.get("comparison"), **(report.get("controls") or {})}
+    rows = {arm: row for arm, row in rows.items() if row}
+    if rows:
+        family = next(iter(rows.values())).get("family", 1)
+        lines += ["", "Each arm - scratch on the same cases and seeds: the mean over seeds of the pooled difference, "
+                  "its 95% interval over seeds and cases, the interval adjusted for the study's "
+                  f"{family} comparison(s) (Bonferroni), the spread between trainings and between case resamples, "
+                  "and the verdict the 95% interval gives.", "",
+                  "| arm - scratch | score difference [95% CI] | adjusted CI | p | training sd | case sd | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, row in rows.items():
+            r = row["score"]
+            ci, adj = r.get("ci"), r.get("ci_adjusted")
+            lines.append(f"| {arm} | {_fmt(r['difference'])}" + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+                         + " | " + ("n/a" if not adj else f"[{_fmt(adj[0])}, {_fmt(adj[1])}]")
+                         + f" | {_fmt(r.get('p_value'))} | {_fmt(r.get('training_sd'))} | {_fmt(r.get('case_sd'))}"
+                         f" | {r.get('verdict')} |")
+    if report.get("positive_control"):
+        lines += ["", f"Positive control: {report['positive_control']['reading']}."]
+    return "\n".join(lines) + "\n"
 
 
 def score_folds(records: Mapping[str, Sequence[dict[str, Any]]],
@@ -337,7 +456,8 @@ def fraction_row(fraction: float, report: Mapping[str, Any],
         runs[name] = {"pooled": summary["pooled"], "mean": summary["mean"], "std": summary["std"],
                       "train_cases": sizes, "mean_train_cases": sum(sizes) / max(len(sizes), 1)}
     return {"fraction": fraction, "runs": runs, "difference": report.get("comparison"),
-            "validation_cases": report["pooled"].get("num_cases")}
+            "controls": report.get("controls"),
+            "validation_cases": report["pooled"].get("num_cases") or (report.get("comparison") or {}).get("cases")}
 
 
 def segmentation_summary(dice: Mapping[str, Sequence[float]], hd95: Mapping[str, Sequence[float]]) -> dict[str, Any]:
@@ -423,26 +543,37 @@ def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, A
     with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
+    seeds = report.get("seeds")
+    how = (f"over seeds {', '.join(map(str, seeds))} and cases (two-level bootstrap: the interval holds the spread "
+           "between trainings too)" if seeds else "over cases (paired bootstrap, one training run per arm)")
+    names = list(dict.fromkeys(r for row in rows for r in row["runs"]))
+    steps = (report.get("provenance") or {}).get("optimiser_steps_per_fold") or ["not recorded"]
     lines = ["", "## Label efficiency", "",
              "Each fraction trains every fold on that share of its training patients (nested, stratified subsets; "
-             "the validation folds are the same). Pooled PI-CAI score per run; the difference is pretrained - "
-             "scratch on the same validation cases, with its paired-bootstrap 95% CI and two-sided p-value.", "",
-             "| fraction | training cases (mean per fold) | " + " | ".join(
-                 f"{name} score [95% CI]" for name in dict.fromkeys(r for row in rows for r in row["runs"]))
-             + " | difference [95% CI] | p | cases | verdict |",
-             "|" + "---|" * (6 + len({r for row in rows for r in row["runs"]}))]
+             "the validation folds are the same) with the same number of optimiser steps "
+             f"(steps per fold: {', '.join(map(str, steps))}). "
+             f"Pooled PI-CAI score per arm; each difference is the arm - scratch on the same validation cases, its 95% "
+             f"interval {how}.", "",
+             "| fraction | training cases (mean per fold) | " + " | ".join(f"{name} score [95% CI]" for name in names)
+             + " |", "|" + "---|" * (2 + len(names))]
     for row in rows:
-        cells = [f"{row['fraction']:g}",
-                 " / ".join(f"{run['mean_train_cases']:.1f}" for run in row["runs"].values())]
-        for run in row["runs"].values():
-            pooled = run["pooled"] or {}
+        cells = [f"{row['fraction']:g}", " / ".join(f"{run['mean_train_cases']:.1f}" for run in row["runs"].values())]
+        for name in names:
+            pooled = (row["runs"].get(name) or {}).get("pooled") or {}
             ci = (pooled.get("ci") or {}).get("score")
             cells.append(_fmt(pooled.get("score")) + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"))
-        diff = (row.get("difference") or {}).get("score") or {}
-        ci = diff.get("pooled_ci")
-        cells += [_fmt(diff.get("pooled_difference")) + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"),
-                  _fmt(diff.get("p_value")), str(diff.get("cases") or "n/a"), _verdict(diff)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| fraction | arm - scratch | difference [95% CI] | p | cases | verdict |",
+              "|---|---|---|---|---|---|"]
+    for row in rows:
+        for arm, rows_arm in {"pretrained": row.get("difference"), **(row.get("controls") or {})}.items():
+            diff = (rows_arm or {}).get("score") or {}
+            if not diff:
+                continue
+            ci = diff.get("pooled_ci")
+            lines.append(f"| {row['fraction']:g} | {arm} | " + _fmt(diff.get("pooled_difference"))
+                         + ("" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+                         + f" | {_fmt(diff.get('p_value'))} | {diff.get('cases') or 'n/a'} | {verdict(ci)} |")
     helped = [f"{row['fraction']:g}" for row in rows if _verdict((row.get("difference") or {}).get("score")) ==
               "pretraining helped"]
     hurt = [f"{row['fraction']:g}" for row in rows if _verdict((row.get("difference") or {}).get("score")) ==
@@ -456,7 +587,18 @@ def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, A
         words.append(f"it hurt at {', '.join(hurt)}")
     if same:
         words.append(f"it made no detectable difference at {', '.join(same)}")
+    positive = [f"{row['fraction']:g}" for row in rows
+                if verdict((((row.get("controls") or {}).get("supervised") or {}).get("score") or {}).get("pooled_ci"))
+                == "helped"]
+    if any((row.get("controls") or {}).get("supervised") for row in rows):
+        words.append("the positive control beat scratch at fraction(s) " + ", ".join(positive) if positive else
+                     "the positive control beat scratch at no fraction, so this study cannot detect a pretraining gain")
+    family = next((((row.get("difference") or {}).get("score") or {}).get("family") for row in rows), None) or \
+        len(rows) * (1 + len({a for row in rows for a in (row.get("controls") or {})}))
     lines += ["", ("In words: " + "; ".join(words) + ".") if words else "In words: no paired comparison (no twin).",
+              f"These are {family} comparisons; read together, use each row's interval at 1 - 0.05 / {family} "
+              "(Bonferroni; `ci_adjusted` in the JSON where seeds were run), or expect about one in twenty 95% "
+              "intervals to exclude 0 by chance.",
               "", "![label efficiency](label_efficiency.png)", ""]
     md = output_dir / "cv_report.md"
     write_text(md, (md.read_text() if md.is_file() else "") + "\n".join(lines))

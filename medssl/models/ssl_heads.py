@@ -320,6 +320,46 @@ class CSwinSSLModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
+# pretext metrics: did the pretext tasks learn anything?
+# --------------------------------------------------------------------------------------------------
+def contrastive_top1(z1: torch.Tensor, z2: torch.Tensor) -> float:
+    """SimCLR's top-1: the share of the ``2B`` embeddings whose nearest other embedding (cosine) is their own
+    other view. Chance: ``1 / (2B - 1)``.
+
+    Example:
+        >>> z = torch.eye(4)
+        >>> contrastive_top1(z, z)
+        1.0
+    """
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, E]
+    sim = (z @ z.t()).masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.arange(2 * b, device=z.device).roll(b)
+    return float((sim.argmax(dim=1) == target).float().mean())
+
+
+def inpainting_errors(reconstruction: torch.Tensor, target: torch.Tensor, view: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[float, float, int]:
+    """Mean absolute error of the reconstruction over the masked voxels, and of the mean-fill baseline (every
+    masked voxel predicted as the mean of the sample's visible voxels of that channel), with the voxel count.
+
+    Args:
+        reconstruction, target, view: ``[B, C, D, H, W]``.
+        mask: bool ``[B, 1, D, H, W]``, True = masked.
+
+    Returns:
+        ``(sum of |reconstruction - target|, sum of |mean fill - target|, masked voxels x channels)`` over the
+        masked voxels: sums, so batches add up before dividing.
+    """
+    m = mask.expand_as(target).float()
+    visible = 1 - m
+    fill = (view * visible).sum(dim=(2, 3, 4), keepdim=True) / visible.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1)
+    model = ((reconstruction.float() - target.float()).abs() * m).sum()
+    baseline = ((fill.float() - target.float()).abs() * m).sum()
+    return float(model), float(baseline), int(m.sum())
+
+
+# --------------------------------------------------------------------------------------------------
 # one pretraining step
 # --------------------------------------------------------------------------------------------------
 def ssl_step(
@@ -341,8 +381,9 @@ def ssl_step(
 
     Returns:
         ``loss_rot``, ``loss_contrastive``, ``loss_inpaint`` (scalars with grad) and, detached for
-        image logging, ``views`` (masked inputs ``[2B, C, D, H, W]``), ``targets`` (rotated unmasked),
-        ``reconstructions``, ``masks`` (``[2B, 1, D, H, W]``) and ``rotations`` (``[2B]``).
+        image logging and the pretext metrics, ``views`` (masked inputs ``[2B, C, D, H, W]``), ``targets``
+        (rotated unmasked), ``reconstructions``, ``masks`` (``[2B, 1, D, H, W]``), ``rotations`` (``[2B]``),
+        ``rot_logits`` (``[2B, 4]``) and ``embeddings`` (``[2B, P]``, view 1 then view 2).
     """
     b = x.shape[0]
     rotations = torch.randint(NUM_ROTATIONS, (2 * b,), generator=generator)  # [2B], on the host
@@ -360,4 +401,6 @@ def ssl_step(
         "reconstructions": out["reconstruction"].detach(),
         "masks": masks,
         "rotations": rotations,
+        "rot_logits": out["rot_logits"].detach(),
+        "embeddings": out["embedding"].detach(),
     }

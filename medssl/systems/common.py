@@ -85,6 +85,26 @@ class MedsslModule(LightningModule):
         return x
 
 
+def write_pretext(module: LightningModule, metrics: dict[str, Any]) -> Path | None:
+    """Log the pretext metrics of a validation epoch and keep them in ``pretext.json`` beside the checkpoints
+    (what ``medssl cv`` copies into its provenance): did the pretext tasks learn anything, against chance or a
+    trivial baseline?"""
+    from medssl.io import write_json
+
+    if module._trainer is None or module.trainer.sanity_checking:
+        return None
+    for name, value in metrics.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            module.log(f"pretext/{name}", float(value), sync_dist=False)
+    if not module.trainer.is_global_zero:
+        return None
+    callback = module.trainer.checkpoint_callback
+    folder = Path(getattr(callback, "dirpath", None) or Path(module.trainer.default_root_dir) / "checkpoints")
+    path = folder / "pretext.json"
+    write_json(path, {"epoch": module.current_epoch + 1, "step": int(module.trainer.global_step), **metrics})
+    return path
+
+
 def adamw_warmup_cosine(module: LightningModule, params, lr: float, weight_decay: float, warmup_epochs: float,
                         cycles: float = 0.5, end_lr_fraction: float = 0.0,
                         optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:

@@ -56,6 +56,10 @@ class DenseSystem(MedsslModule):
         sw_overlap: window overlap.
         tta_flip: average with the left-right flipped prediction at validation/prediction.
         init_from: a pretraining checkpoint of ours or official BM-MAE weights for the encoder.
+        init_parts: what ``init_from`` moves into the net: ``encoder`` (the architecture's transfer rule: CSwin UNet
+            and BM-MAE move their encoder only; the decoder, the raw-input skip convolutions and the head start
+            from their initialisation, as the SSL heads' decoders do not match them), or ``all`` (every tensor whose
+            name and shape match: a whole finetuned UNet, e.g. a supervised positive control, decoder included).
         refuse_leakage: refuse to validate on cases the ``init_from`` checkpoint was pretrained on.
         compile: compile the net (``true`` or ``torch.compile`` options); see ``MedsslModule``.
         channels_last: channels-last 3-D layout for conv weights and inputs; see ``MedsslModule``.
@@ -66,7 +70,8 @@ class DenseSystem(MedsslModule):
                  lr_schedule: Literal["constant", "poly", "warmup_cosine"] = "constant", poly_power: float = 0.95,
                  warmup_epochs: float = 0.0, roi_size: list[int] | None = None,
                  sw_batch_size: int = 2, sw_overlap: float = 0.25, tta_flip: bool = True,
-                 init_from: str | None = None, refuse_leakage: bool = False,
+                 init_from: str | None = None, init_parts: Literal["encoder", "all"] = "encoder",
+                 refuse_leakage: bool = False,
                  compile: bool | dict[str, Any] = False, channels_last: bool = False):
         super().__init__()
         if not lr > 0:
@@ -77,6 +82,7 @@ class DenseSystem(MedsslModule):
         self.use_net(net)
         self.leaked_cases: list[str] = []
         self.init_report: dict = {}
+        self.not_transferred: list[str] = []  # the net's tensors init_from left at their initialisation
 
     checkpoint_kind = "finetuned"
 
@@ -90,8 +96,9 @@ class DenseSystem(MedsslModule):
         if dm is not None:
             check_in_channels(self.net, dm.modalities)
         if self.hparams.init_from and stage == "fit" and not self.init_report:
-            report, meta = init_from(self.net, self.hparams.init_from)
+            report, meta = init_from(self.net, self.hparams.init_from, parts=self.hparams.init_parts)
             self.init_report = {k: len(v) for k, v in report.items()}
+            self.not_transferred = sorted(report["missing"])
             if dm is not None:
                 saved = meta.modalities if meta.kind != "official" else None
                 if saved and list(saved) != list(dm.modalities):

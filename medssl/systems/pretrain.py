@@ -9,7 +9,14 @@ from lightning.pytorch import LightningModule
 
 from medssl.errors import ConfigError
 from medssl.models.bmmae import BMMAE
-from medssl.models.ssl_heads import AutomaticWeightedLoss, CSwinSSLModel, ssl_step
+from medssl.models.ssl_heads import (
+    NUM_ROTATIONS,
+    AutomaticWeightedLoss,
+    CSwinSSLModel,
+    contrastive_top1,
+    inpainting_errors,
+    ssl_step,
+)
 from medssl.systems.common import (
     MedsslModule,
     adamw_warmup_cosine,
@@ -17,7 +24,10 @@ from medssl.systems.common import (
     log_image_grid,
     mid_slice,
     param_groups,
+    write_pretext,
 )
+
+VALIDATION_SEED = 1000  # held-out views and masks are drawn from this seed (+ the batch index): every epoch the same
 
 
 def check_data_matches(module: LightningModule, modalities, img_size=None) -> None:
@@ -81,10 +91,46 @@ class BMMAEPretrainSystem(MedsslModule):
             self._log_reconstruction(volumes, mask, out)
         return out["loss"]
 
+    def on_validation_epoch_start(self) -> None:
+        self._pretext: dict[str, list[float]] = {}
+
     def validation_step(self, batch, batch_idx):
         volumes, mask = self._volumes(batch)
-        out = self.net(volumes, mask)
+        # the same masking every epoch (and the training stream untouched), so the metrics compare across epochs
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(VALIDATION_SEED + batch_idx)
+            out = self.net(volumes, mask)
         self.log("val/loss", out["loss"], batch_size=mask.shape[0], sync_dist=True)
+        self._pretext_errors(volumes, out)
+
+    @torch.no_grad()
+    def _pretext_errors(self, volumes, out) -> None:
+        """Per modality: squared error of the reconstruction over the masked patches, and of the mean-fill baseline
+        (each masked patch predicted as the mean of the sample's visible voxels of that modality)."""
+        net, n = self.net, self.net.num_patches
+        for j, m in enumerate(out["modalities"]):
+            tokens = slice(j * n, (j + 1) * n)
+            target = net.patchify(volumes[m]).float()  # [B, N, p^3]
+            masked = out["mask"][:, tokens].float()[..., None]  # [B, N, 1], 1 = masked and scored
+            visible = (1 - masked) * out["present"][:, j, None, None].float()
+            fill = (target * visible).sum(dim=(1, 2), keepdim=True) / (visible.sum(dim=(1, 2), keepdim=True)
+                                                                       * target.shape[-1]).clamp_min(1)
+            sums = self._pretext.setdefault(m, [0.0, 0.0, 0.0])
+            sums[0] += float((((out["pred"][:, tokens].float() - target) ** 2) * masked).sum())
+            sums[1] += float((((fill - target) ** 2) * masked).sum())
+            sums[2] += float(masked.sum()) * target.shape[-1]
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, Any] = {}
+        for m, (model, baseline, count) in getattr(self, "_pretext", {}).items():
+            if count:
+                metrics[f"reconstruction_mse_{m}"] = model / count
+                metrics[f"mean_fill_mse_{m}"] = baseline / count
+                metrics[f"reconstruction_ratio_{m}"] = model / baseline if baseline else None
+        if metrics:
+            write_pretext(self, {**metrics, "note": "masked-patch MSE of the reconstruction vs predicting each masked "
+                                 "patch as the mean of the sample's visible voxels (ratio < 1: better than that)"})
 
     @torch.no_grad()
     def _log_reconstruction(self, volumes, modality_mask, out) -> None:
@@ -144,8 +190,9 @@ class CSwinPretrainSystem(MedsslModule):
             raise ConfigError(f"axial rotation needs a square in-plane crop; set data.crop_size (or "
                               f"data.spatial_size) to [{crop[0]}, {crop[1]}, {crop[1]}]")
 
-    def _step(self, batch, stage: str):
-        out = ssl_step(self.net, self.channels_last_input(batch["image"]), temperature=self.hparams.temperature)
+    def _step(self, batch, stage: str, generator: torch.Generator | None = None):
+        out = ssl_step(self.net, self.channels_last_input(batch["image"]), generator=generator,
+                       temperature=self.hparams.temperature)
         losses = [out[f"loss_{t}"] for t in self.TASKS]
         loss = self.loss_weights(*losses)
         bs = batch["image"].shape[0]
@@ -165,8 +212,37 @@ class CSwinPretrainSystem(MedsslModule):
             log_image_grid(self, "inpainting", rows, ["masked view", "target", "reconstruction"])
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._pretext = {"correct": 0, "rotations": 0, "z1": [], "z2": [], "model": 0.0, "fill": 0.0, "voxels": 0}
+
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        # the same held-out views, rotations and masks every epoch, so the metrics compare across epochs
+        _, out = self._step(batch, "val", generator=torch.Generator().manual_seed(VALIDATION_SEED + batch_idx))
+        p, b = self._pretext, batch["image"].shape[0]
+        p["correct"] += int((out["rot_logits"].argmax(dim=1) == out["rotations"]).sum())
+        p["rotations"] += len(out["rotations"])
+        p["z1"].append(out["embeddings"][:b].float().cpu())
+        p["z2"].append(out["embeddings"][b:].float().cpu())
+        model, fill, voxels = inpainting_errors(out["reconstructions"], out["targets"], out["views"], out["masks"])
+        p["model"], p["fill"], p["voxels"] = p["model"] + model, p["fill"] + fill, p["voxels"] + voxels
+
+    def on_validation_epoch_end(self) -> None:
+        p = getattr(self, "_pretext", None)
+        if not p or not p["rotations"]:
+            return
+        held_out = sum(len(z) for z in p["z1"])
+        metrics: dict[str, Any] = {
+            "held_out_cases": held_out,
+            "rotation_accuracy": p["correct"] / p["rotations"], "rotation_chance": 1 / NUM_ROTATIONS,
+            "inpainting_l1": p["model"] / max(p["voxels"], 1),
+            "inpainting_l1_mean_fill": p["fill"] / max(p["voxels"], 1),
+        }
+        metrics["inpainting_ratio"] = metrics["inpainting_l1"] / metrics["inpainting_l1_mean_fill"] \
+            if metrics["inpainting_l1_mean_fill"] else None
+        if held_out > 1:  # a positive needs another case to be told apart from
+            metrics["contrastive_top1"] = contrastive_top1(torch.cat(p["z1"]), torch.cat(p["z2"]))
+            metrics["contrastive_chance"] = 1 / (2 * held_out - 1)
+        write_pretext(self, metrics)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -8,7 +8,15 @@
 Layer: above ``medssl.models`` and ``medssl.data``, below ``medssl.systems``; it imports no Lightning.
 """
 
-from medssl.weights.load import Weights, find_config, init_from, load_model, net_from_config, read_weights
+from medssl.weights.load import (
+    Weights,
+    find_config,
+    init_from,
+    load_model,
+    net_from_config,
+    read_weights,
+    shuffled_checkpoint,
+)
 from medssl.weights.meta import CheckpointMeta, MissingConfig, UnknownArchitecture
 from medssl.weights.registry import ARCHITECTURES, Architecture, architecture_of
 
@@ -25,4 +33,5 @@ __all__ = [
     "load_model",
     "net_from_config",
     "read_weights",
+    "shuffled_checkpoint",
 ]

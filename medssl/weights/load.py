@@ -217,18 +217,22 @@ def load_model(
     return model, meta
 
 
-def init_from(net: nn.Module, source: str | os.PathLike) -> tuple[dict[str, list[str]], CheckpointMeta]:
+def init_from(net: nn.Module, source: str | os.PathLike,
+              parts: str = "encoder") -> tuple[dict[str, list[str]], CheckpointMeta]:
     """Pretrained weights into a finetuning ``net`` (``model.init_args.init_from``), through ``load_model``.
 
     The source is rebuilt first (so a checkpoint that does not fit its own description is refused before
-    anything moves), then the net family's transfer rule moves what applies (the encoder) and reports it.
-    Weights no registry entry recognises, or that cannot be rebuilt for want of a config, are matched to the
-    net by name and shape (through the family's filter), as MONAI's own pretrained files are.
+    anything moves), then the net family's transfer rule moves what applies (the encoder) and reports it;
+    ``parts="all"`` moves every tensor whose name and shape match instead (a whole finetuned net of the same
+    kind). Weights no registry entry recognises, or that cannot be rebuilt for want of a config, are matched to
+    the net by name and shape (through the family's filter), as MONAI's own pretrained files are.
 
     Returns:
         ``(report, meta)``: ``medssl.checkpoint.load_weights``'s report (loaded / skipped / unexpected /
         mismatched / missing keys) and the source's meta.
     """
+    if parts not in ("encoder", "all"):
+        raise ConfigError(f"model.init_args.init_parts {parts!r}: choose encoder or all")
     name = str(source)
     family = architecture_of(net)
     entry = ARCHITECTURES.get(family) if family else None
@@ -245,4 +249,42 @@ def init_from(net: nn.Module, source: str | os.PathLike) -> tuple[dict[str, list
                               f"{type(net).__name__} ({family}); give {family} pretraining weights")
     if entry is None:
         return load_weights(net, model.state_dict(), name=name), meta
-    return entry.transfer(net, model, meta, name), meta
+    report = entry.transfer(net, model, meta, name)  # the family's checks (axis order, modalities) and its encoder
+    if parts == "all":  # then every other tensor that fits by name and shape (decoder, skips, head)
+        report = load_weights(net, model.state_dict(), name=name)
+    return report, meta
+
+
+def shuffled_checkpoint(source: str | os.PathLike, target: str | os.PathLike, seed: int = 0) -> Path:
+    """A negative control of ``source``: every floating-point tensor's entries permuted (each tensor its own
+    permutation), so the weights keep their values, scale and shapes but lose every learnt structure. The
+    ``medssl`` entry is kept (the checkpoint still loads as the same architecture) and says how it was made.
+
+    Returns:
+        ``target``, written atomically (``medssl.io.save_torch``).
+    """
+    from medssl.io import save_torch
+    from medssl.records import file_sha256
+
+    weights = read_weights(source)
+    generator = torch.Generator().manual_seed(seed)
+    checkpoint = dict(weights.checkpoint)
+    inner_key = next((k for k in ("state_dict", "model", "module") if isinstance(checkpoint.get(k), Mapping)), None)
+    state = dict(checkpoint[inner_key]) if inner_key else {k: v for k, v in checkpoint.items() if torch.is_tensor(v)}
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and value.numel() > 1:
+            flat = value.reshape(-1)
+            state[key] = flat[torch.randperm(flat.numel(), generator=generator)].reshape(value.shape).clone()
+    meta = weights.meta
+    meta.derived = (f"every tensor's entries permuted (seed {seed}) from {weights.path} "
+                    f"(sha256 {file_sha256(weights.path)[:16]}): a negative control")
+    entry = meta.to_entry()
+    if inner_key:
+        checkpoint[inner_key] = state
+        checkpoint[KEY] = entry
+    else:
+        checkpoint = {**state, KEY: entry}  # an official file's kind stays "official": its entry says so
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_torch(checkpoint, target)
+    return target

@@ -52,6 +52,7 @@ class CheckpointMeta:
             checkpoint was pretrained on.
         config: the resolved YAML config of the run that wrote the weights.
         medssl_version: the medssl that wrote them.
+        derived: how the weights were made from other weights (a study's control arm), else None.
     """
 
     architecture: str | None = None
@@ -72,6 +73,7 @@ class CheckpointMeta:
     leaked_cases: list[str] = field(default_factory=list)
     config: str | None = None
     medssl_version: str | None = None
+    derived: str | None = None
     recorded: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # keys the entry held
 
     # -- reading ------------------------------------------------------------------------------------------

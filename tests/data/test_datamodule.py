@@ -52,3 +52,25 @@ def test_segmentation_labels_are_regions(brats_root, tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert batch["label"].shape[1] == 3
+
+
+def test_a_fixed_step_budget_draws_as_many_batches_whatever_the_training_set(picai_root, tmp_path):
+    """data.train_batches_per_epoch: every fraction of the labels gets the same number of batches per epoch, cases
+    drawn with replacement (the PI-CAI baseline's epochs of 100 batches)."""
+    sizes = {}
+    for fraction in (0.25, 1.0):
+        dm = FinetuneDataModule(root=str(picai_root), spacing=[3.0, 1.0, 1.0], spatial_size=[8, 32, 32],
+                                crop_size=[8, 24, 24], batch_size=3, cache_dir=str(tmp_path / "cache"),
+                                split_file=str(tmp_path / "splits.json"), train_fraction=fraction,
+                                train_batches_per_epoch=5, augmentation=None)
+        dm.setup("fit")
+        batches = list(dm.train_dataloader())
+        assert len(batches) == 5 and all(b["image"].shape[0] == 3 for b in batches)
+        drawn = [c for b in batches for c in b["case_id"]]
+        assert set(drawn) <= {c.case_id for c in dm.train_cases}
+        sizes[fraction] = len(dm.train_cases)
+    assert sizes[0.25] < 15 < sizes[1.0]  # a quarter of the cases: drawn again and again to fill 15 places
+    dm = FinetuneDataModule(root=str(picai_root), cache_dir=None, augmentation=None, batch_size=3,
+                            split_file=str(tmp_path / "splits.json"), spatial_size=[8, 32, 32])
+    dm.setup("fit")
+    assert len(list(dm.train_dataloader())) == -(-len(dm.train_cases) // 3)  # unset: one pass over the cases

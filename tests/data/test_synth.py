@@ -201,3 +201,41 @@ def test_empty_destination_is_used_and_unknown_difficulty_refused(tmp_path):
     with pytest.raises(ConfigError, match="difficulty 'hard'"):
         synth_picai(tmp_path / "hard", cases=1, difficulty="hard")
     assert not (tmp_path / "hard").exists()
+
+
+def test_context_mimics_carry_the_lesions_contrast_and_only_anatomy_tells_them_apart():
+    """Every csPCa lesion is a single peripheral-zone focus; the unlabelled mimics have a lesion's own contrast
+    factors and sit where csPCa is not: transition zone, mirror-symmetric pairs, across the capsule."""
+    from medssl.data.synth import ContextProstate, lesion_factors
+
+    kinds, lesion_zones = set(), set()
+    for seed in range(40):
+        case = ContextProstate.draw(np.random.default_rng(seed), np.zeros(3), np.eye(3), FOV_HALF)
+        lesion_zones |= {case._zone_of(lesion.centre) for lesion in case.lesions}
+        mimics = [f for f in case.look_alikes if set(f.factor) == set(lesion_factors(0.5)) and not f.soft
+                  and 1 - f.factor["adc"] >= 0.25]  # a lesion's ADC drop (BPH nodules drop at most 0.3 with T2W)
+        for f in mimics:
+            zone = case._zone_of(f.centre)
+            twin = [g for g in mimics if g is not f and g.factor == f.factor]
+            if twin:
+                v, w = (case.rotation.T @ (h.centre - case.centre) for h in (f, twin[0]))
+                assert np.allclose(v[1:], w[1:]) and np.isclose(v[0], -w[0])  # mirrored across the midline
+                kinds.add("symmetric_pair")
+            elif zone == "tz":
+                kinds.add("transition_zone")
+            elif zone == "outside":
+                kinds.add("capsule")
+        assert all(f.isup == 0 for f in case.look_alikes)  # never labelled (labels come from the lesions only)
+    assert lesion_zones == {"pz"} and kinds == {"transition_zone", "symmetric_pair", "capsule"}
+
+
+def test_context_writes_the_layout_and_leaves_realistic_as_it_was(tmp_path):
+    ids = synth_picai(tmp_path / "context", cases=3, seed=5, fov_mm=32, difficulty="context")
+    assert sorted(c.case_id for c in discover("picai", tmp_path / "context")) == sorted(ids)
+    synth_picai(tmp_path / "r1", cases=2, seed=5, fov_mm=32, difficulty="realistic")
+    synth_picai(tmp_path / "r2", cases=2, seed=5, fov_mm=32, difficulty="realistic")
+    assert _snapshot(tmp_path / "r1") == _snapshot(tmp_path / "r2")  # deterministic for a seed
+    context = _arrays(tmp_path / "context")
+    realistic = _arrays(tmp_path / "r1")
+    key = next(k for k in realistic if k.endswith("_adc.mha"))
+    assert not np.array_equal(context[key][0], realistic[key][0])  # the mimics are in the images

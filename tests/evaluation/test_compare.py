@@ -8,7 +8,7 @@ import pytest
 from picai_eval.metrics import Metrics
 
 from medssl.errors import DataError
-from medssl.evaluation.compare import compare_paired
+from medssl.evaluation.compare import compare_paired, compare_seeds
 from medssl.evaluation.picai import picai_score
 
 SHAPE = (4, 16, 16)  # [D, H, W]
@@ -80,3 +80,49 @@ def test_refuses_different_cases_or_labels():
     relabelled["c00"] = [(1, 0.0, 0.0)]  # c00 has no lesion in the labels of `good`
     with pytest.raises(DataError, match=r"different labels.*c00"):
         compare_paired(good, Metrics(lesion_results=relabelled))
+
+
+def test_seed_bootstrap_with_one_seed_is_the_paired_case_bootstrap():
+    good, poor = _runs()
+    paired = compare_paired(good, poor, n_bootstrap=300, seed=2)
+    seeded = compare_seeds({0: good}, {0: poor}, n_bootstrap=300, seed=2)
+    for m in ("auroc", "ap", "score"):
+        assert seeded[m]["ci"] == pytest.approx(paired[m]["ci"])
+        assert seeded[m]["difference"] == pytest.approx(paired[m]["difference"])
+        assert seeded[m]["training_sd"] is None and seeded[m]["verdict"] == "helped"
+
+
+def test_seed_bootstrap_widens_when_training_seeds_disagree():
+    """A planted seed effect: with two seeds that agree (A better in both) the CI excludes 0; when the second
+    seed's training went the other way (A worse), the spread between trainings shows in a wider interval that
+    includes 0, although each seed alone is clear-cut on its cases."""
+    good, poor = _runs(seed=0)
+    good2, poor2 = _runs(seed=1)
+    agree = compare_seeds({0: good, 1: good2}, {0: poor, 1: poor2}, n_bootstrap=400, seed=0)
+    disagree = compare_seeds({0: good, 1: poor2}, {0: poor, 1: good2}, n_bootstrap=400, seed=0)
+    for m in ("auroc", "score"):
+        width = [out[m]["ci"][1] - out[m]["ci"][0] for out in (agree, disagree)]
+        assert width[1] > 2 * width[0], (m, width)
+        assert agree[m]["verdict"] == "helped" and disagree[m]["verdict"] == "no detectable difference"
+        assert disagree[m]["training_sd"] > 3 * agree[m]["training_sd"]
+        assert disagree[m]["per_seed"][0] > 0 > disagree[m]["per_seed"][1]
+    with pytest.raises(ValueError, match="same training seeds"):
+        compare_seeds({0: good}, {1: poor})
+
+
+def test_p_value_is_below_alpha_exactly_when_the_interval_excludes_zero():
+    """Tie-consistent: on resampled differences with many exact ties at 0, p < 0.05 iff the 95% CI excludes 0."""
+    from medssl.evaluation.compare import _tails
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(400):
+        n = 1000
+        diff = np.where(rng.random(n) < rng.uniform(0, 0.3), 0.0, rng.normal(rng.normal(0, 0.05), 0.02, n))
+        low, high = np.percentile(diff, [2.5, 97.5])
+        p = _tails(diff)
+        if min(abs(low), abs(high)) < 1e-3 and not (low == 0 or high == 0):
+            continue  # within the resolution of the resamples
+        assert (p < 0.05) == (low > 0 or high < 0), (p, low, high)
+        checked += 1
+    assert checked > 300

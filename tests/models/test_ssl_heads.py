@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medssl.models.ssl_heads import (
     AutomaticWeightedLoss,
@@ -148,3 +149,28 @@ def test_pretext_losses_fall_on_short_overfit() -> None:
         history.append([out[k].item() for k in keys])
     for i, key in enumerate(keys):
         assert history[-1][i] < history[0][i], (key, history[0][i], history[-1][i])
+
+
+def test_contrastive_top1_is_one_when_views_pair_and_at_chance_when_not() -> None:
+    from medssl.models.ssl_heads import contrastive_top1
+
+    z = F.normalize(torch.randn(32, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert contrastive_top1(z, z + 1e-3 * torch.randn(32, 16)) == 1.0
+    shuffled = z[torch.randperm(32, generator=torch.Generator().manual_seed(1))]
+    assert contrastive_top1(z, shuffled) < 0.2
+
+
+def test_inpainting_errors_against_the_mean_fill_baseline() -> None:
+    from medssl.models.ssl_heads import inpainting_errors
+
+    target = torch.arange(2 * 1 * 2 * 4 * 4, dtype=torch.float32).reshape(2, 1, 2, 4, 4)
+    mask = torch.zeros(2, 1, 2, 4, 4, dtype=torch.bool)
+    mask[:, :, 0, :2, :2] = True  # four voxels per sample
+    view = torch.where(mask, torch.zeros_like(target), target)
+    perfect = inpainting_errors(target, target, view, mask)
+    assert perfect[0] == 0 and perfect[2] == 8
+    fill = view.sum(dim=(2, 3, 4), keepdim=True) / (~mask).sum(dim=(2, 3, 4), keepdim=True)
+    expected = float(((fill - target).abs() * mask).sum())
+    assert perfect[1] == pytest.approx(expected)
+    mean_fill = torch.where(mask, fill.expand_as(target), target)
+    assert inpainting_errors(mean_fill, target, view, mask)[0] == pytest.approx(expected)  # the baseline scores itself

@@ -117,3 +117,18 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_before_it_is_built(check
     with pytest.raises(CheckpointError, match="not a medssl or MONAI net; refused"):
         weights.load_model(tmp_path / "evil.ckpt")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_shuffled_control_keeps_every_tensors_values_but_no_structure(checkpoints, tmp_path):
+    pre, _ = checkpoints
+    target = weights.shuffled_checkpoint(pre, tmp_path / "controls" / "shuffled.ckpt", seed=0)
+    original, shuffled = (torch.load(p, weights_only=True)["state_dict"] for p in (pre, target))
+    assert original.keys() == shuffled.keys()
+    varied = [k for k, v in original.items() if v.numel() > 4 and v.unique().numel() > 4]  # not a constant norm
+    for key, value in original.items():
+        assert torch.equal(value.flatten().sort().values, shuffled[key].flatten().sort().values), key
+    assert varied and all(not torch.equal(original[k], shuffled[k]) for k in varied)
+    model, meta = weights.load_model(target)  # still the same architecture, and says what it is
+    assert isinstance(model, BMMAE) and "permuted" in meta.derived and "negative control" in meta.derived
+    again = weights.shuffled_checkpoint(pre, tmp_path / "again.ckpt", seed=0)
+    assert all(torch.equal(torch.load(again, weights_only=True)["state_dict"][k], v) for k, v in shuffled.items())
