@@ -20,7 +20,7 @@ set -euo pipefail
 OUT=${1:-runs/label_efficiency}
 CASES=${CASES:-60}
 ARCHIVE=${ARCHIVE:-600}
-EPOCHS_PRE=${EPOCHS_PRE:-8}       # SSL pretraining (and the supervised control) over the archive
+EPOCHS_PRE=${EPOCHS_PRE:-30}      # SSL pretraining (and the supervised control) over the archive
 EPOCHS_FT=${EPOCHS_FT:-20}        # finetuning epochs of STEPS batches each
 STEPS=${STEPS:-6}
 FRACTIONS=${FRACTIONS:-0.1,0.25,1.0}

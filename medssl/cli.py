@@ -28,7 +28,7 @@ Lightning commands (configs in YAML, any key overridable as --section.key value)
   predict      predict with a checkpoint
 Project commands:
 {commands}
-Run `medssl COMMAND --help` for a command's options.
+Run `medssl COMMAND --help` for a command's options; `medssl --version` prints the version.
 """
 
 
@@ -72,9 +72,27 @@ def _console_logging() -> None:
     if not any(isinstance(h, _Stderr) for h in log.handlers):
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_Once())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+class _Once(logging.Filter):
+    """Each warning once per command: the same data warning is not repeated for every fold that reads the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 class _Stderr(logging.StreamHandler):
@@ -89,10 +107,28 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+_shown: set[tuple[type, str]] = set()
+
+
+def _show_once(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for a command: the first line of each distinct warning, once, to stderr (a
+    library's warning repeated by every fold of a cv is one line in a log, not one per fold)."""
+    text = next((ln.strip() for ln in str(message).splitlines() if ln.strip()), category.__name__)
+    if (category, text) in _shown:
+        return
+    _shown.add((category, text))
+    print(f"medssl: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _console_logging()
     with warnings.catch_warnings():  # scoped to the command: importing medssl changes no filter
+        warnings.showwarning = _show_once  # each warning once per command, on one line
+        # deprecations inside the libraries medssl drives (jsonargparse, Lightning, torch) are not the user's to fix
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*", module="(lightning|jsonargparse|torch).*")
+        warnings.filterwarnings("ignore", message=".*(LeafSpec|skip_none|add_instantiator|instantiate_classes).*")
         # project subcommands drive LightningCLI with args of their own; that is intended here
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
         # the systems override transfer_batch_to_device on purpose (MedsslModule)
@@ -102,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     try:
+        if argv and argv[0] in ("--version", "-V"):
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                print(f"medssl {version('medssl')}")
+            except PackageNotFoundError:  # a source checkout that was never installed
+                print("medssl (not installed: a source checkout)")
+            return 0
         if not argv or argv[0] in ("-h", "--help", "help"):
             commands = "".join(f"  {name:<12} {line}\n" for name, (_, line) in OWN_COMMANDS.items())
             print(HELP.format(commands=commands.rstrip("\n")))
@@ -115,6 +159,12 @@ def _dispatch(argv: list[str]) -> int:
         return 2
     except MedsslError as e:
         print(f"medssl: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not e.filename:
+            raise
+        # a folder that cannot be written (read-only, full) or a path that does not exist: the file and why
+        print(f"medssl: error: {e.filename}: {e.strerror or one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         user_error = find_user_error(e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 from medssl.checkpoint import load_checkpoint, state_dict_of
 from medssl.data.geometry import write_like
 from medssl.data.splits import prepare_cv_split
-from medssl.errors import ConfigError, MedsslError
+from medssl.errors import ConfigError, DataError, MedsslError
 from medssl.evaluation.evaluate import labels_of_cases
 from medssl.evaluation.report import (
     CONTROLS,
@@ -39,11 +40,13 @@ from medssl.evaluation.report import (
     write_seeds_report,
 )
 from medssl.folders import CvOutput, FoldJob, Run
-from medssl.io import read_json, safe_child, write_json, write_text
+from medssl.io import read_json, refuse_output_over_inputs, safe_child, write_json, write_text
 from medssl.pool import FoldPool, worker_command
+from medssl.progress import eta
 from medssl.records import Stamp, device_name, file_sha256, fingerprint, versions
 from medssl.runs import build, computation_config, merge
 from medssl.systems.finetune import DenseSystem, DetectionSystem
+from medssl.weights import check_finite
 
 logger = logging.getLogger(__name__)
 SELECTIONS = ("last", "best")
@@ -120,6 +123,7 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
     if not chosen.is_file():
         raise MedsslError(f"{job.run} fold {job.fold}: no checkpoint was written under {job.checkpoints}")
     system.load_state_dict(state_dict_of(load_checkpoint(chosen)))
+    check_finite(system.net, f"{job.run} fold {job.fold} ({chosen})")
     dm.setup("fit")
     # Lightning moves the module back to the CPU when fit ends: predict on the training device, with
     # the training precision (bf16 autocast under bf16-mixed).
@@ -131,7 +135,9 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
         "run": job.run,
         "fold": job.fold,
         "cases": sorted(paths),
-        "predictions": paths,
+        # relative to the fold's folder, with their hashes: a copied cv output reads (and checks) its own maps
+        "predictions": {case: str(Path(path).relative_to(job.fold_dir)) for case, path in paths.items()},
+        "prediction_sha256": {case: file_sha256(path) for case, path in paths.items()},
         "labels": {c.case_id: c.label for c in dm.val_cases},
         "label_sources": {c.case_id: getattr(c, "label_source", None) for c in dm.val_cases},
         "checkpoint": str(chosen),
@@ -157,25 +163,36 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
                        "init_from": init_from, "versions": versions(), "device": device_name()},
     }
     write_json(job.record, record)  # written last: a fold with this file is finished
+    write_json(job.fold_dir / "status.json", {"state": "finished", "epoch": record["epochs"], "steps": record["steps"]})
     return record
 
 
 class FoldStatus:
-    """Writes ``fold_<k>/status.json`` (epoch, last validation score) and logs one line per validation."""
+    """Writes ``fold_<k>/status.json`` and logs one line per epoch: epoch, training loss, last validation score and
+    the time left (the mean epoch so far times the epochs to go)."""
 
     def __new__(cls, job: FoldJob):
         from lightning.pytorch.callbacks import Callback
 
         class _FoldStatus(Callback):
-            def on_validation_end(self, trainer, pl_module) -> None:
+            def on_train_start(self, trainer, pl_module) -> None:
+                self.start, self.first_epoch = time.monotonic(), trainer.current_epoch
+
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
                 if trainer.sanity_checking or not trainer.is_global_zero:
                     return
-                score = trainer.callback_metrics.get("val/score")
-                status = {"state": "running", "epoch": trainer.current_epoch + 1, "max_epochs": trainer.max_epochs,
-                          "val_score": None if score is None else round(float(score), 4)}
+                metrics = trainer.callback_metrics
+                score, loss = metrics.get("val/score"), metrics.get("train/loss")
+                done = trainer.current_epoch + 1
+                per_epoch = (time.monotonic() - self.start) / max(done - self.first_epoch, 1)
+                left = per_epoch * max((trainer.max_epochs or done) - done, 0)
+                status = {"state": "running", "epoch": done, "max_epochs": trainer.max_epochs,
+                          "train_loss": None if loss is None else round(float(loss), 4),
+                          "val_score": None if score is None else round(float(score), 4), "eta_seconds": round(left)}
                 write_json(job.fold_dir / "status.json", status)
-                logger.info("%s fold %d: epoch %d/%s, val score %s", job.run, job.fold, status["epoch"],
-                            status["max_epochs"], status["val_score"])
+                logger.info("%s fold %d%s: epoch %d/%s, train loss %s, val score %s, %s left", job.run, job.fold,
+                            "" if job.seed is None else f" seed {job.seed}", done, status["max_epochs"],
+                            status["train_loss"], status["val_score"], eta(left))
 
         return _FoldStatus()
 
@@ -270,6 +287,8 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
     bad = [k for k in folds if not 0 <= k < n_folds]
     if bad:
         raise ConfigError(f"--folds {bad} outside 0..{n_folds - 1} (data.n_folds is {n_folds})")
+    refuse_output_over_inputs(out.root, [*dm.input_paths(dm.discover()), init_from,
+                                          *(v for v in control_names.values() if v)])
     out.root.mkdir(parents=True, exist_ok=True)
     _, split_info = prepare_cv_split(dm, out.splits, overwrite)
     labelled = [c for c in dm.cases if c.label is not None]
@@ -432,14 +451,33 @@ class ReportContext:
 
 
 def _records(jobs: Sequence[FoldJob], identities: Mapping[FoldJob, dict]) -> dict[str, list[dict[str, Any]]]:
+    """Each finished fold's record, its maps' paths resolved in the fold's own folder and their hashes checked."""
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in dict.fromkeys(j.run for j in jobs)}
     for job in jobs:
         record = read_json(job.record, "fold record")
+        if not isinstance(record, dict) or not isinstance(record.get("predictions"), dict):
+            raise ConfigError(f"{job.record} is not a fold record (no predictions); pass --overwrite to redo the fold")
         if record.get("identity") not in (None, identities[job]):
             raise ConfigError(f"{job.record} was made with other settings; give a new --output or pass --overwrite")
         record.pop("identity", None)
+        record["predictions"] = {case: str(_fold_map(job, path, (record.get("prediction_sha256") or {}).get(case)))
+                                 for case, path in record["predictions"].items()}
         records[job.run].append(record)
     return records
+
+
+def _fold_map(job: FoldJob, path: str, sha256: str | None) -> Path:
+    """A fold's map in the fold's own folder (records of older versions hold absolute paths: the map of the same
+    name here is taken), checked against the hash recorded when it was written."""
+    given = Path(path)
+    local = job.fold_dir / given if not given.is_absolute() else job.predictions / given.name
+    if not local.is_file():
+        raise DataError(f"the fold's map is missing; pass --overwrite to redo {job.run} fold {job.fold}",
+                        path=str(local))
+    if sha256 is not None and file_sha256(local) != sha256:
+        raise DataError(f"the fold's map is not the one written (edited or truncated since; its sha256 differs from "
+                        f"{job.record.name}'s); pass --overwrite to redo {job.run} fold {job.fold}", path=str(local))
+    return local
 
 
 def write_reports(out: CvOutput, jobs: list[FoldJob], context: ReportContext, fractions: list[float],

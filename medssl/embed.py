@@ -46,7 +46,7 @@ from medssl.data.datamodule import MRIDataModule
 from medssl.data.layouts import Case
 from medssl.data.transforms import case_transform, preprocess_case
 from medssl.errors import CheckpointError, ConfigError
-from medssl.io import safe_child, save_npy, write_text
+from medssl.io import refuse_output_over_inputs, safe_child, save_npy, write_text
 from medssl.models.host import resolve_device
 from medssl.records import Stamp, file_sha256, fingerprint, output_is_recorded, record_output
 from medssl.weights import ARCHITECTURES, Architecture, CheckpointMeta
@@ -195,6 +195,7 @@ def run_embed(
                          spacing=meta.spacing, spatial_size=meta.spatial_size, cache_dir=None, augmentation=None,
                          clip_percentiles=clip)
     cases = data.discover()
+    refuse_output_over_inputs(out, [*data.input_paths(cases), checkpoint])
     transform = case_transform(data.preprocessing(with_labels=False), bool(meta.voxel_aligned))
 
     identity = {"checkpoint_sha256": file_sha256(checkpoint), "pool": pool, "settings": encoder.settings(),

@@ -226,9 +226,16 @@ class CvOutput:
             raise ConfigError(f"--cv {self.root}: its report has no {run} run (runs: {sorted(report['runs'])})")
         base = folder if run == main else folder / run
         out = []
-        for fold in summary.get("folds") or []:
+        folds = summary.get("folds") or []
+        valid = isinstance(folds, list) and all(isinstance(f, dict) and isinstance(f.get("fold"), int) for f in folds)
+        if not valid:
+            raise ConfigError(f"{folder / self.REPORT}: its {run} run lists no valid folds (a fold entry needs a "
+                              "\"fold\" number): not a report medssl cv wrote, or an edited one")
+        for fold in folds:
             record_path = base / f"fold_{fold['fold']}" / self.DONE
             record = read_json(record_path, "fold record")
+            if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), str):
+                raise ConfigError(f"{record_path}: not a fold record (no checkpoint)")
             if record.get("run", run) != run:
                 raise ConfigError(f"{record_path} is a {record.get('run')} fold, not {run}")
             checkpoint = record_path.parent / "checkpoints" / Path(record["checkpoint"]).name

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from medssl.data.geometry import Grid, write_like
 from medssl.errors import ConfigError, DataError, find_user_error, one_line
-from medssl.io import safe_child, write_json
+from medssl.io import refuse_output_over_inputs, safe_child, write_json
 from medssl.records import Stamp, fingerprint, output_is_recorded, record_output
 from medssl.runs import computation_config, load_finetuned
 from medssl.systems.writer import prediction_record, prediction_settings
@@ -60,7 +60,8 @@ def _check_same(loaded: list) -> None:
 
 
 def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: list[str] | None = None,
-              overrides: dict[str, Any] | None = None, overwrite: bool = False, progress=None) -> dict[str, Any]:
+              overrides: dict[str, Any] | None = None, overwrite: bool = False, progress=None,
+              device: str = "auto") -> dict[str, Any]:
     """Predict every case under ``data.root`` with one model or the mean of several; returns ``predictions.json``.
 
     Args:
@@ -70,18 +71,20 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
         overrides: options over the saved config, in resolved form (``medssl.runs.parse_overrides``).
         overwrite: redo a folder another model or other settings wrote.
         progress: an iterable wrapper (e.g. a progress bar) over the cases.
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; give a folder")
     if not checkpoints:
         raise ConfigError("give at least one --checkpoint (or --cv)")
-    loaded = [load_finetuned(c, configs, overrides, output) for c in checkpoints]
+    loaded = [load_finetuned(c, configs, overrides, output, device) for c in checkpoints]
     _check_same(loaded)
     main = loaded[0]
     systems, dm, trainer, cases = [m.system for m in loaded], main.datamodule, main.trainer, main.cases
     record = prediction_record([m.checkpoint for m in loaded], prediction_settings(main.system, dm))
     settings = {k: v for k, v in record.items() if k not in ("models", "checkpoint", "cases", "skipped")}
+    refuse_output_over_inputs(output, [*dm.input_paths(cases), *(m.checkpoint for m in loaded)])
     output.mkdir(parents=True, exist_ok=True)
     # what makes a map: the weights, every setting of each model's resolved config that changes what is computed
     # (smoothing, windows, overlap, clipping, label convention ...), and the precision it runs in

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medssl.errors import MedsslError
+from medssl.errors import ConfigError, MedsslError
 
 
 class WriteError(MedsslError, OSError):
@@ -36,6 +36,42 @@ def safe_child(folder: str | os.PathLike, name: str) -> Path:
         raise MedsslError(f"refused to write {name!r} under {folder}: a case id must be a plain file name "
                           "(no path separator, no leading dot, no '..')")
     return path
+
+
+def refuse_output_over_inputs(output: str | os.PathLike, inputs, option: str = "--output",
+                              contain_ok: bool = False) -> Path:
+    """The one output-safety rule of every command that writes: an output may not be an input (a data root, a
+    labels root, a folder holding input files, an input file), lie inside one, or contain one. Paths are compared
+    after resolving symlinks, so a link to the labels folder is the labels folder.
+
+    Args:
+        output: the folder the command writes into.
+        inputs: the paths the command reads (files or folders; missing or None ones are skipped).
+        option: the option that named ``output`` (for the message).
+        contain_ok: allow an output that contains inputs (``fit``'s root, which Lightning defaults to the current
+            folder); being or lying inside an input is still refused.
+
+    Returns:
+        ``output`` resolved.
+
+    Raises:
+        ConfigError: one line naming the output, the input and what to do.
+    """
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        path = Path(given).resolve()
+        if not path.exists():
+            continue
+        if out == path:
+            raise ConfigError(f"{option} {output} is an input ({path}); give a new folder for the outputs")
+        if path.is_dir() and path in out.parents:
+            raise ConfigError(f"{option} {output} lies inside the input folder {path} (data, labels or weights); "
+                              "writing there could replace what it holds: give a folder outside it")
+        if not contain_ok and out in path.parents:
+            raise ConfigError(f"{option} {output} contains the input {path}; give a folder that holds no inputs")
+    return out
 
 
 def _suffix(name: str) -> str:

@@ -7,6 +7,7 @@ import inspect
 import os
 import pickle
 import re
+import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -102,6 +103,9 @@ class MedsslCLI(LightningCLI):
 
     def __init__(self, args=None, run: bool = True, instantiate: bool = True, **kwargs):
         self._instantiate = instantiate  # False: parse and resolve the config only (medssl.runs.resolve)
+        # Lightning's per-step progress bar only on a terminal: redirected to a file (nohup, SLURM, Docker) it
+        # writes a line fragment per step; medssl's own one-line-per-epoch messages remain
+        kwargs.setdefault("trainer_defaults", {"enable_progress_bar": sys.stdout.isatty() and sys.stderr.isatty()})
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -122,6 +126,12 @@ class MedsslCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except (argparse.ArgumentError, ValueError, TypeError) as e:
             raise ConfigError(condense_config_error(e)) from None
+        subcommand = self.config.get("subcommand")
+        seed = (self.config.get(subcommand) if subcommand else self.config).get("seed_everything")
+        if not isinstance(seed, bool) and seed is not None and not 0 <= int(seed) < 2**32:
+            # Lightning would warn and draw a random seed: a run that looks seeded and is not reproducible
+            raise ConfigError(f"--seed_everything {seed}: give an integer from 0 to {2**32 - 1} (or true for a "
+                              "random seed, recorded in the config)")
 
     def instantiate_classes(self) -> None:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -183,11 +193,20 @@ class MedsslCLI(LightningCLI):
         if path is None or not hasattr(self.model, "use_net"):
             return
         net, meta = weights.load_model(path)
+        weights.check_finite(net, path)
         meta.check_data(self.datamodule, path)
         self.model.use_net(net)
         # the weights are in: evaluation needs nothing else from the file, so Lightning does not open it again
         # (and a finetuned checkpoint medssl wrote without Lightning's bookkeeping works too)
         self.config_init[self.subcommand]["ckpt_path"] = None
+
+    def before_fit(self) -> None:
+        """A run folder may hold the data (Lightning's default root is the current folder) but not lie inside it."""
+        from medssl.io import refuse_output_over_inputs
+
+        if hasattr(self.datamodule, "input_paths"):
+            refuse_output_over_inputs(self.trainer.default_root_dir, self.datamodule.input_paths(),
+                                      "--trainer.default_root_dir", contain_ok=True)
 
     def before_validate(self) -> None:
         self._apply_checkpoint()
@@ -199,13 +218,17 @@ class MedsslCLI(LightningCLI):
         """``medssl predict`` writes what ``medssl infer`` writes, under ``<default_root_dir>/predictions``."""
         from lightning.pytorch.callbacks import BasePredictionWriter
 
+        from medssl.io import refuse_output_over_inputs
         from medssl.systems.writer import MapWriter
 
         self._apply_checkpoint()
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             path = self._checkpoint_of_run()
-            self.trainer.callbacks.append(MapWriter(os.path.join(self.trainer.default_root_dir, "predictions"),
-                                                    [path] if path else []))
+            folder = os.path.join(self.trainer.default_root_dir, "predictions")
+            self.datamodule.setup("predict")
+            refuse_output_over_inputs(folder, [*self.datamodule.input_paths(self.datamodule.predict_cases), path],
+                                      "--trainer.default_root_dir")
+            self.trainer.callbacks.append(MapWriter(folder, [path] if path else []))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing; check the file first so an

@@ -55,6 +55,8 @@ def _status_line(job: FoldJob) -> str | None:
         return None
     if not status:
         return None
+    if status.get("state") == "finished":
+        return "finished"
     return f"epoch {status.get('epoch')}/{status.get('max_epochs')}, val score {status.get('val_score')}"
 
 

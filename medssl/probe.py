@@ -39,7 +39,7 @@ from medssl.data.splits import make_folds
 from medssl.data.transforms import case_transform, preprocess_case
 from medssl.embed import Encoder, load_encoder
 from medssl.errors import ConfigError, DataError
-from medssl.io import write_json, write_text
+from medssl.io import refuse_output_over_inputs, write_json, write_text
 from medssl.models.host import resolve_device
 from medssl.records import file_sha256
 
@@ -146,6 +146,7 @@ def run_probe(
                               spatial_size=meta.spatial_size, cache_dir=None, augmentation=None,
                               clip_percentiles=meta.clip_percentiles)
     cases = data.discover()
+    refuse_output_over_inputs(out, [*data.input_paths(cases), checkpoint])
     y_of = case_labels(cases, labels, data.label_positive)
     cases = [c for c in cases if c.case_id in y_of]
     y = np.array([y_of[c.case_id] for c in cases])

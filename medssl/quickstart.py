@@ -21,6 +21,9 @@ import medssl
 from medssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+STAMP = ".medssl_quickstart.json"
+# everything a quickstart writes into its folder: --overwrite removes these and nothing else
+OWNED = ("data", "archive", "cache", "pretrain", "cv", STAMP)
 
 
 def configs_dir() -> Path:
@@ -51,14 +54,25 @@ def run_quickstart(output: str | Path, cases: int = 30, archive_cases: int = 24,
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; give a folder")
     options = {"cases": cases, "archive_cases": archive_cases, "pretrain_epochs": pretrain_epochs,
-               "finetune_epochs": finetune_epochs, "seed": seed, "difficulty": difficulty}
-    stamp = Stamp(output, ".medssl_quickstart.json")
+               "finetune_epochs": finetune_epochs, "seed": seed, "difficulty": difficulty,
+               "folds": None if folds is None else sorted(folds)}
+    stamp = Stamp(output, STAMP)
     theirs = stamp.read() if output.is_dir() else None
+    ours = [output / name for name in OWNED if (output / name).exists()]
+    if theirs is None and ours:
+        # a folder quickstart did not make: nothing in it is deleted, and nothing found there is trained on
+        raise ConfigError(f"--output {output} holds {', '.join(p.name for p in ours)} but was not made by medssl "
+                          "quickstart (no .medssl_quickstart.json): give a new folder; --overwrite only redoes a "
+                          "quickstart's own folder")
+    if theirs is None and output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ConfigError(f"--output {output} is not empty and was not made by medssl quickstart; give a new folder")
     if theirs is not None and theirs != options and overwrite:
         logger.info("quickstart: %s was made with other options; starting again (--overwrite)", output)
-        shutil.rmtree(output)
-    elif theirs is None and output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ConfigError(f"--output {output} is not empty and was not made by medssl quickstart; give a new folder")
+        for path in ours:  # only what a quickstart creates: anything else in the folder stays
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     stamp.claim(options, "a quickstart run")
     configs = configs_dir()
     data, archive, cache = output / "data", output / "archive", output / "cache"

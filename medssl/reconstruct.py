@@ -50,6 +50,7 @@ from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, read_image, reference_modality
 from medssl.data.transforms import case_transform, preprocess_case
 from medssl.errors import CheckpointError, ConfigError
+from medssl.io import refuse_output_over_inputs
 from medssl.models.bmmae import BMMAE
 from medssl.models.host import resolve_device
 
@@ -169,6 +170,7 @@ def run_reconstruct(
                          spacing=meta.spacing, spatial_size=list(model.input_size), cache_dir=None,
                          augmentation=None, clip_percentiles=meta.clip_percentiles)
     cases = data.discover()
+    refuse_output_over_inputs(out_dir, [*data.input_paths(cases), checkpoint])
     prep = data.preprocessing(with_labels=False)
     transform = case_transform(prep, voxel_aligned=bool(meta.voxel_aligned))
     record: dict[str, Any] = {"output": str(out_dir), "cases": []}

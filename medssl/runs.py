@@ -208,13 +208,15 @@ def _run_config(checkpoint: Path, configs: Sequence[str] | None) -> dict[str, An
 
 
 def load_finetuned(checkpoint: str | os.PathLike, configs: Sequence[str] | None = None,
-                   overrides: Mapping[str, Any] | None = None, output: str | os.PathLike | None = None) -> Loaded:
+                   overrides: Mapping[str, Any] | None = None, output: str | os.PathLike | None = None,
+                   device: str = "auto") -> Loaded:
     """A finetuned system from ``checkpoint`` (weights only), on one device, ready to predict.
 
     The net and its weights come from ``medssl.weights.load_model``; the system, data module and trainer from
     ``configs`` when given, else the resolved config saved in the checkpoint, else the run's logged config.
     Fit-only keys and ``init_from`` are dropped; labels are never read; nothing is cached or logged.
-    ``overrides`` (``{"data": {"init_args": {"root": ...}}}``) apply last.
+    ``overrides`` (``{"data": {"init_args": {"root": ...}}}``) apply last. ``device``: ``auto`` (a GPU when this
+    machine has one, with the run's precision), ``cpu`` (fp32) or ``cuda``.
     """
     import torch
 
@@ -224,15 +226,21 @@ def load_finetuned(checkpoint: str | os.PathLike, configs: Sequence[str] | None 
     checkpoint = Path(checkpoint)
     config = _run_config(checkpoint, configs)
     net, meta = weights.load_model(checkpoint, config if configs else None)
+    weights.check_finite(net, str(checkpoint))
     if meta.kind != "finetuned":
         raise ConfigError(f"{checkpoint}: {meta.kind} weights ({meta.net}); this needs a finetuning run "
                           "(DetectionSystem or SegmentationSystem)")
     config = inference_config(config)
     # one device, whichever this machine has (a run trained on a GPU cluster is often applied on a
     # workstation); bf16 autocast pays only on a GPU
-    trainer = {"accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto", "logger": False,
-               **({"default_root_dir": str(output)} if output else {}),
-               **({} if torch.cuda.is_available() else {"precision": "32-true"})}
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    trainer = {"accelerator": "gpu" if on_gpu else "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+               "logger": False, **({"default_root_dir": str(output)} if output else {}),
+               **({} if on_gpu else {"precision": "32-true"})}
     base = {"data": {"init_args": {"cache_dir": None, "labels_root": None}}, "trainer": trainer}
     built = build(config, merge(base, overrides))
     system, dm = built.system, built.datamodule

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> int:
         format_result,
         write_evaluation_report,
     )
+    from medssl.io import refuse_output_over_inputs
 
     args = _parser().parse_args(argv)
     for name in ("bootstrap", "workers"):
@@ -74,6 +76,11 @@ def main(argv: list[str]) -> int:
         if args.root or args.labels_root or args.label_source:
             raise ConfigError("--data.root, --data.labels_root and --data.label_source go with --layout, not --labels")
         labels = args.labels
+    if args.output is not None:  # checked before anything is scored: the report never lands on what it reads
+        label_files = list(labels.values()) if isinstance(labels, dict) else [labels]
+        roots = LAYOUTS[args.layout].input_roots(args.root, args.labels_root) if args.layout else []
+        refuse_output_over_inputs(args.output, [args.predictions, args.compare, *roots, *label_files,
+                                                *(Path(f).parent for f in label_files if isinstance(labels, dict))])
     brats_like = args.layout is not None and LAYOUTS[args.layout].label_kind == "brats"
     task = args.task or ("segmentation" if brats_like else "detection")
     result = evaluate_predictions(

@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", action="append", default=None,
                         help="the runs' config (default: the config saved in each checkpoint, else its run's)")
     parser.add_argument("--overwrite", action="store_true", help="redo a folder other models or settings wrote")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: a GPU when there is one (with the run's precision), else the CPU in fp32")
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args, overrides = parser.parse_known_args(argv)
     quiet_lightning(args.verbose)
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> int:
     checkpoints = CvOutput(Path(args.cv)).checkpoints(args.run, args.fraction, args.seed) if args.cv \
         else args.checkpoint
     record = run_infer(checkpoints, args.output, args.config, options, args.overwrite,
-                       progress=lambda cases: progress(cases, "medssl infer"))
+                       progress=lambda cases: progress(cases, "medssl infer"), device=args.device)
     print(f"wrote {len(record['cases'])} case(s) to {args.output} with {len(record['models'])} model(s) "
           f"({len(record['skipped'])} skipped); summary: {Path(args.output) / 'predictions.json'}")
     return 0

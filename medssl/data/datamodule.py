@@ -191,6 +191,14 @@ class MRIDataModule(LightningDataModule):
             self.modalities = list(cases[0].images)
         return cases
 
+    def input_paths(self, cases: list[Case] | None = None) -> list[Path]:
+        """Every folder this data module reads: the layout's roots and the folder of every case's files (an output
+        may not be, lie inside or contain any of them: ``medssl.io.refuse_output_over_inputs``)."""
+        paths = get_layout(self.layout).input_roots(self.root, self.labels_root)
+        for case in cases if cases is not None else []:
+            paths += [Path(p).parent for p in (*case.images.values(), case.label) if p]
+        return list(dict.fromkeys(paths))
+
     def preprocessing(self, with_labels: bool) -> Preprocessing:
         return preprocessing_for(self.layout, self.modalities, with_labels, self.task, self.spacing,
                                  self.spatial_size, self.clip_percentiles, self.voxel_aligned)

@@ -238,6 +238,35 @@ def _inflate(path: str, start: int, length: int, case_id: str | None):
     return found, stream
 
 
+def check_finite_stored(path: str | os.PathLike, case_id: str | None = None) -> None:
+    """Refuse a NIfTI file whose stored voxels hold NaN or Inf.
+
+    SimpleITK's NIfTI reader turns NaN and Inf voxels into 0, so a check of the array it returns passes a
+    corrupt file as data; nibabel reads the stored values as they are. Integer data cannot hold either, so
+    only floating-point files are read here (once more: the price of a second read of float volumes).
+
+    Raises:
+        DataError: naming the case, the file and how many voxels.
+    """
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception as e:  # nibabel's header errors: the SimpleITK read that follows names the problem too
+        raise DataError(f"cannot read the NIfTI header ({' '.join(str(e).split())[:120]})", case_id, str(path)) \
+            from None
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return
+    data = np.asanyarray(image.dataobj)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise DataError(f"{bad} NaN or Inf voxels stored in the file (SimpleITK would read them as 0)", case_id,
+                        str(path))
+
+
 def check_geometry(image: sitk.Image, case_id: str | None = None, path: str | os.PathLike | None = None) -> None:
     """Refuse spacing that is not finite and positive, an origin that is not finite, or a direction matrix that
     is not orthonormal (a scale, a shear, NaN).

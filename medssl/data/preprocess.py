@@ -120,7 +120,7 @@ def read_image(path: str, case_id: str | None = None, channel: int | None = None
         case_id: named in errors.
         channel: for a 4-D (multi-channel) file, the channel to take (decathlon datalists).
     """
-    from medssl.data.integrity import check_complete, check_geometry
+    from medssl.data.integrity import check_complete, check_finite_stored, check_geometry
 
     if Path(path).is_dir():
         image = _read_dicom_series(path, case_id)
@@ -129,6 +129,7 @@ def read_image(path: str, case_id: str | None = None, channel: int | None = None
             raise DataError("DICOM series found (a single .dcm slice): give the folder holding the series, or "
                             "convert the export to the PI-CAI layout with picai_prep (dcm2mha)", case_id, path)
         check_complete(path, case_id)  # SimpleITK zero-fills a cut gzip stream and raises nothing
+        check_finite_stored(path, case_id)  # ... and reads a NIfTI's NaN voxels as 0
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:

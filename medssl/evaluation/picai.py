@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 from picai_eval.metrics import Metrics
 
 from medssl.data.geometry import Grid, resample
+from medssl.data.preprocess import read_image
 from medssl.errors import DataError
 
 MAX_CURVE_POINTS = 200
@@ -48,12 +50,37 @@ def picai_score(auroc: float | None, ap: float | None) -> float | None:
 def read_label(
     path: str | os.PathLike, case: str | None = None, grid: Grid | None = None, what: str = "label"
 ) -> np.ndarray:
-    """A label (or label-map prediction) file as [D, H, W]; with ``grid``, resampled onto it (nearest neighbour)."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise DataError(f"cannot read the {what} (missing, corrupt or not an image?)", case, str(path)) from None
-    return sitk.GetArrayFromImage(image) if grid is None else resample(image, grid, nearest=True)
+    """A label (or label-map prediction) file as [D, H, W]; with ``grid``, resampled onto it (nearest neighbour).
+
+    Read through the data layer's integrity checks (``medssl.data.preprocess.read_image``: complete, finite, a
+    sane geometry, 3-D), as training reads its labels: a truncated or NaN label is refused, never scored.
+    """
+    if not Path(path).is_file():
+        raise DataError(f"the {what} file is missing", case, str(path))
+    image = read_image(str(path), case)
+    array = sitk.GetArrayFromImage(image)
+    if (array < 0).any() or not np.array_equal(array, np.round(array)):
+        raise DataError(f"{what} values must be non-negative integers (found {float(array.min()):g} to "
+                        f"{float(array.max()):g}): is this a label map?", case, str(path))
+    return array if grid is None else resample(image, grid, nearest=True)
+
+
+def read_detection_map(path: str | os.PathLike, case: str | None = None) -> np.ndarray:
+    """A detection map as [D, H, W] float32 in [0, 1], read through the integrity checks (``read_label``'s).
+
+    Raises:
+        DataError: a truncated or non-finite file, a 4-D one (a softmax with a class axis), or values outside
+            [0, 1] (logits, a negative map): one line naming the case and the file.
+    """
+    if not Path(path).is_file():
+        raise DataError("the detection map file is missing", case, str(path))
+    array = sitk.GetArrayFromImage(read_image(str(path), case)).astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        raise DataError(f"detection map values must lie in [0, 1], found {low:g} to {high:g}: write lesion "
+                        "likelihoods (a PI-CAI detection map), not logits or a probability with a class axis", case,
+                        str(path))
+    return array
 
 
 def scoring_grids(
@@ -120,17 +147,18 @@ def evaluate_maps(
                         str(det_paths[missing[0]]))
     grids = scoring_grids(det_paths, label_paths, label_reference)
 
-    # Generators: with one thread picai_eval reads them lazily, one case at a time.
+    # Generators: with one thread picai_eval takes them lazily, one case at a time. Every file is read here, through
+    # the integrity checks (picai_eval's own reader would score a truncated map's zeros or a NaN's zeros).
     def maps():
         for case in cases:
             path = det_paths[case]
             # an absent map is empty: a zero-stride view, which picai_eval copies (astype) per case
-            yield str(path) if path is not None else np.broadcast_to(np.float32(0), grids[case].shape_zyx)
+            yield read_detection_map(path, case) if path is not None \
+                else np.broadcast_to(np.float32(0), grids[case].shape_zyx)
 
     def labels():
         for case in cases:
-            path = label_paths[case]
-            yield read_label(path, case, grids[case]) if case in label_reference else str(path)
+            yield read_label(label_paths[case], case, grids[case] if case in label_reference else None)
 
     return picai_eval.evaluate(
         y_det=maps(),

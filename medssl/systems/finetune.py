@@ -24,7 +24,7 @@ from torch import nn
 
 from medssl.data.geometry import Grid, resample_array
 from medssl.data.layouts.brats import get_convention
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, MedsslError
 from medssl.evaluation.detection import detection_map, probability_to_original, smooth
 from medssl.systems.common import MedsslModule, adamw_warmup_cosine, check_in_channels, gather_cases
 from medssl.weights import init_from
@@ -195,7 +195,12 @@ class DenseSystem(MedsslModule):
         stays on the host (see ``MedsslModule``). An ensemble averages these before ``to_output``."""
         image = torch.as_tensor(item["image"])[None].to(self.device)
         mask = torch.as_tensor(item["modality_mask"])[None]
-        return self.probability(image, mask)[0]
+        prob = self.probability(image, mask)[0]
+        if not np.isfinite(prob).all():
+            raise MedsslError(f"case {item.get('case_id', '?')}: the model predicts NaN or Inf (a training run that "
+                              "diverged, or weights that are not finite); no map is written: retrain with a lower "
+                              "model.init_args.lr or check the checkpoint")
+        return prob
 
     def probability(self, image: torch.Tensor, modality_mask: torch.Tensor | None) -> np.ndarray:
         raise NotImplementedError
@@ -221,7 +226,7 @@ class DenseSystem(MedsslModule):
         conventions = batch.get("label_convention") or [None] * len(batch["case_id"])
         for i, case_id in enumerate(batch["case_id"]):
             item = {"image": batch["image"][i], "modality_mask": batch["modality_mask"][i], "grid": batch["grid"][i],
-                    "label_convention": conventions[i] or None}
+                    "label_convention": conventions[i] or None, "case_id": case_id}
             out.append({"case_id": case_id, "reference": batch["reference"][i], "label_convention": conventions[i],
                         "map": self.predict_case(item, batch["reference"][i])})
         return out

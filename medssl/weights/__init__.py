@@ -10,6 +10,7 @@ Layer: above ``medssl.models`` and ``medssl.data``, below ``medssl.systems``; it
 
 from medssl.weights.load import (
     Weights,
+    check_finite,
     find_config,
     init_from,
     load_model,
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownArchitecture",
     "Weights",
     "architecture_of",
+    "check_finite",
     "find_config",
     "init_from",
     "load_model",

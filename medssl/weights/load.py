@@ -288,3 +288,15 @@ def shuffled_checkpoint(source: str | os.PathLike, target: str | os.PathLike, se
     target.parent.mkdir(parents=True, exist_ok=True)
     save_torch(checkpoint, target)
     return target
+
+
+def check_finite(model: nn.Module, name: str) -> None:
+    """Refuse weights holding NaN or Inf before they predict anything (a diverged run predicts empty maps silently).
+
+    Raises:
+        CheckpointError: naming the weights and the first tensor that is not finite.
+    """
+    for key, value in model.state_dict().items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{name}: the weights are not finite ({key} holds NaN or Inf): the run diverged; "
+                                  "retrain (a lower model.init_args.lr) rather than predict with them")

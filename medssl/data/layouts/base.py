@@ -71,13 +71,20 @@ class Case:
         return [m for m, p in self.images.items() if p is not None]
 
     def to_item(self) -> dict[str, Any]:
-        """The dict a MONAI dataset carries, with a fingerprint so edited files invalidate the cache."""
+        """The dict a MONAI dataset carries, with a fingerprint so edited files invalidate the cache.
+
+        The fingerprint is each file's size, modification time and status-change time. The last is what makes it
+        safe: an edit in place that keeps the size and sets the modification time back (``touch -r``, a copy with
+        ``cp -p`` over the file) still moves the status-change time, which no user or tool can set. A hash of the
+        bytes would say the same at the cost of reading every image at every discovery (tens of GB for PI-CAI);
+        a copied data set only costs its cache being filled again.
+        """
         paths = [p for p in (*self.images.values(), self.label) if p is not None]
         stats = []
         for p in paths:
             try:
                 st = Path(p).stat()
-                stats.append(f"{st.st_size}:{st.st_mtime_ns}")
+                stats.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
             except OSError:
                 stats.append("missing")
         return {
@@ -111,6 +118,9 @@ class Layout:
             case's ``label_convention``).
         options: the keyword options ``discover`` takes, of ``labels_root``, ``label_source``, ``modalities``,
             ``brats_labels``.
+        roots: ``roots(root, labels_root) -> [Path]``: the folders the layout reads beyond the case files (PI-CAI:
+            the ``picai_labels`` found beside ``images/``); by default ``root`` and ``labels_root``. No command
+            writes into, over or around them (``medssl.io.refuse_output_over_inputs``).
 
     Example:
         >>> Layout("mine", lambda root, **_: [], modalities=("t2w",)).reference_for(["t2w"])
@@ -125,6 +135,13 @@ class Layout:
     label_values: tuple[int, ...] = tuple(range(256))
     label_kind: Literal["lesion", "brats"] = "lesion"
     options: frozenset[str] = frozenset()
+    roots: Callable[[str | Path, str | Path | None], list[Path]] | None = None
+
+    def input_roots(self, root: str | Path, labels_root: str | Path | None = None) -> list[Path]:
+        """The folders this layout reads for ``root`` (see ``roots``)."""
+        if self.roots is not None:
+            return self.roots(root, labels_root)
+        return [Path(p) for p in (root, labels_root) if p]
 
     def reference_for(self, modalities: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         """The reference candidates among ``modalities`` (all of them, in order, when none is listed)."""

@@ -156,5 +156,16 @@ def discover_picai(
 
 
 # PI-CAI labels are ISUP 2..5 (1 in AI-derived masks), delineated on the T2W grid.
+def picai_roots(root: str | Path, labels_root: str | Path | None = None) -> list[Path]:
+    """The data root, its ``images/`` and the ``picai_labels`` folder it reads (given, or found beside images/)."""
+    roots = [Path(root)]
+    try:
+        roots.append(picai_images_root(root))
+        labels = picai_labels_root(root, labels_root)
+    except DataError:
+        return roots + ([Path(labels_root)] if labels_root else [])
+    return roots + ([labels] if labels is not None else [])
+
+
 LAYOUT = Layout("picai", discover_picai, MODALITIES, reference_order=("t2w",), reference_required=True,
-                label_values=tuple(range(6)), options=frozenset({"labels_root", "label_source"}))
+                label_values=tuple(range(6)), options=frozenset({"labels_root", "label_source"}), roots=picai_roots)
