@@ -54,13 +54,22 @@ class SafePersistentDataset(PersistentDataset):
                 logger.warning("cannot write the cache under %s (%s); going on without caching new cases",
                                self.cache_dir, e.strerror or e)
             return self._pre_transform(deepcopy(item_transformed))
-        except Exception:
+        except Exception as error:
             entry = self._entry(item_transformed)
-            if entry is None or not entry.is_file() or _loads(entry):
-                raise  # not a cache problem (a transform failed): keep the original error
-            logger.warning("cache entry %s is unreadable (cut or empty); recomputing it", entry)
-            entry.unlink(missing_ok=True)
-            return super()._cachecheck(item_transformed)
+            if entry is not None and entry.is_file() and not _loads(entry):
+                logger.warning("cache entry %s is unreadable (cut or empty); recomputing it", entry)
+                entry.unlink(missing_ok=True)
+                return super()._cachecheck(item_transformed)
+            if find_user_error(error) is not None:
+                raise  # the data's own problem (a transform refused the case): its one-line error
+            # the write failed (a full disk: torch.save raises a RuntimeError, not an OSError): if the case itself
+            # preprocesses, train on without caching it; if not, that error is the one to report
+            result = self._pre_transform(deepcopy(item_transformed))
+            if not SafePersistentDataset._warned_unwritable:
+                SafePersistentDataset._warned_unwritable = True
+                logger.warning("cannot write the cache under %s (%s); going on without caching new cases",
+                               self.cache_dir, " ".join(str(error).split())[:120])
+            return result
 
 
 def _loads(path: Path) -> bool:

@@ -138,6 +138,10 @@ class MRIDataModule(LightningDataModule):
         self.layout, self.root, self.labels_root, self.label_source = layout, root, labels_root, label_source
         # a layout without fixed modality names (nnunet, datalist) reads them from the data in setup
         self.modalities = list(modalities or get_layout(layout).modalities)
+        repeated = sorted({m for m in self.modalities if self.modalities.count(m) > 1})
+        if repeated:
+            raise ConfigError(f"data.modalities {self.modalities} lists {', '.join(repeated)} more than once; give "
+                              "each modality once")
         self.task = task
         self.spacing = _triple(spacing, "data.spacing")
         self.spatial_size = _triple(spatial_size, "data.spatial_size", int)

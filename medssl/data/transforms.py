@@ -33,7 +33,7 @@ from monai.transforms import (
 
 from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, load_case
-from medssl.errors import find_user_error
+from medssl.errors import DataError, find_user_error
 
 
 @dataclass
@@ -123,12 +123,29 @@ def deterministic_transforms(prep: Preprocessing) -> Compose:
     ])
 
 
+class CropFitsd(Transform):
+    """Refuse a training crop larger than the case it is cut from (``data.spatial_size`` null keeps each case's own
+    extent): MONAI would pad it silently, training on mostly padding at many times the cost."""
+
+    def __init__(self, crop_size: tuple[int, ...]) -> None:
+        self.crop_size = tuple(int(c) for c in crop_size)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        shape = tuple(int(s) for s in data["image"].shape[1:])
+        if any(c > s for c, s in zip(self.crop_size, shape)):
+            raise DataError(f"data.crop_size {list(self.crop_size)} exceeds the case's preprocessed size "
+                            f"{list(shape)} [D, H, W]: set data.spatial_size (a common size) or a smaller crop",
+                            data.get("case_id"))
+        return data
+
+
 def random_transforms(aug: Augmentation | None, patch_size: tuple[int, ...] | None, has_label: bool) -> Compose:
     """Training-time augmentation and random crop; image and label share each draw."""
     keys = ["image", "label"] if has_label else ["image"]
     modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
     steps: list[Any] = []
     if patch_size is not None:
+        steps.append(CropFitsd(patch_size))
         steps.append(RandSpatialCropd(keys=keys, roi_size=patch_size, random_size=False, allow_missing_keys=True))
     if aug is not None:
         for axis in aug.flip_axes:

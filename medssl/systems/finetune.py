@@ -95,6 +95,8 @@ class DenseSystem(MedsslModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
             check_in_channels(self.net, dm.modalities)
+            if stage == "fit":
+                self.check_crop(dm.crop_size or dm.spatial_size, len(dm.modalities))
         if self.hparams.init_from and stage == "fit" and not self.init_report:
             report, meta = init_from(self.net, self.hparams.init_from, parts=self.hparams.init_parts)
             self.init_report = {k: len(v) for k, v in report.items()}
@@ -113,6 +115,24 @@ class DenseSystem(MedsslModule):
                         raise ConfigError(message + "; pretrain on the training folds only or unset "
                                           "model.init_args.refuse_leakage")
                     logger.warning("leakage: %s", message)
+
+    def check_crop(self, crop: tuple[int, ...] | None, channels: int) -> None:
+        """Run the net once on zeros of the training crop before training: a crop the net cannot take (smaller than
+        its strides, not its img_size) is one line naming the option here, not a traceback after the data is read."""
+        if not crop:
+            return
+        training = self.net.training
+        try:
+            with torch.no_grad():
+                self.net.eval()
+                x = torch.zeros(1, channels, *crop, device=next(self.net.parameters()).device)
+                self.call_net(x, torch.ones(1, channels, dtype=torch.bool) if self.uses_mask else None)
+        except (RuntimeError, ValueError) as e:
+            detail = " ".join(str(e).split())[:160]
+            raise ConfigError(f"the net cannot take the training crop {list(crop)} [D, H, W] ({detail}); set "
+                              "data.crop_size (or data.spatial_size) to a size the net takes") from None
+        finally:
+            self.net.train(training)
 
     def call_net(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
         x = self.channels_last_input(x)

@@ -236,6 +236,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     for i, row in enumerate(rows):
         if None in row:
             raise DataError(f"row {i + 2} has more values than the header has columns", path=str(path))
+        if None in row.values():  # csv.DictReader fills a short row's missing cells with None: not data
+            short = [k for k, v in row.items() if v is None]
+            raise DataError(f"row {i + 2} has fewer values than the header has columns (no {short[0]!r}); an "
+                            "empty cell is written as an empty value between commas", path=str(path))
     return rows
 
 

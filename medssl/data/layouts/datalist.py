@@ -61,16 +61,19 @@ def _decathlon_paths(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _path_value(value: Any, where: str, key: str, path: Path) -> str | None:
-    """A datalist value that should be an image path: a string ending in an image suffix, or empty."""
+    """A datalist value that should be an image: a path ending in an image suffix, a folder holding one DICOM series
+    (as the README's DICOM input; relative paths are relative to the datalist), or empty."""
     if value is None or isinstance(value, str) and not value.strip():
         return None
     if not isinstance(value, str):
         raise DataError(f"{where}: {key!r} should be a path, got {type(value).__name__} {value!r}"[:200],
                         path=str(path))
-    if not is_image_path(value.strip()):
+    value = value.strip()
+    folder = Path(value) if Path(value).is_absolute() else path.parent / value
+    if not is_image_path(value) and not folder.is_dir():
         raise DataError(f"{where}: {key!r} = {value!r} is not an image path (expected a file ending in "
-                        f"{', '.join(IMAGE_SUFFIXES)})", path=str(path))
-    return value.strip()
+                        f"{', '.join(IMAGE_SUFFIXES)}, or a folder holding one DICOM series)", path=str(path))
+    return value
 
 
 def _id_value(row: dict[str, Any], key: str, where: str, path: Path) -> str | None:
