@@ -34,6 +34,7 @@ from medssl.evaluation.evaluate import labels_of_cases
 from medssl.evaluation.report import (
     CONTROLS,
     fraction_row,
+    report_stem,
     score_folds,
     write_cv_report,
     write_label_efficiency,
@@ -340,9 +341,10 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
                         f" seed {job.seed}" if job.seed is not None else "")
             run_fold(probe.config, job, out.splits, selection, identities[job], verbose)
     compared = len([a for a in arms if a != "scratch"]) if "scratch" in arms else 0
+    partial = None if sorted(folds) == list(range(n_folds)) else {"folds": sorted(folds), "of": n_folds}
     context = ReportContext(dm, split_info, selection, init_from, computed, identities,
                             family=max(1, compared * len(fractions)),
-                            controls={k: v for k, v in control_weights.items()})
+                            controls={k: v for k, v in control_weights.items()}, partial=partial)
     return write_reports(out, jobs, context, fractions, seed_list, train_fractions is not None)
 
 
@@ -448,6 +450,7 @@ class ReportContext:
     identities: dict[FoldJob, dict[str, Any]]
     family: int = 1  # comparisons the study makes (arms compared with scratch x fractions)
     controls: dict[str, str] = field(default_factory=dict)  # control arm -> its initial weights
+    partial: dict[str, Any] | None = None  # {"folds": [...], "of": n} when --folds ran some folds only
 
 
 def _records(jobs: Sequence[FoldJob], identities: Mapping[FoldJob, dict]) -> dict[str, list[dict[str, Any]]]:
@@ -484,12 +487,12 @@ def write_reports(out: CvOutput, jobs: list[FoldJob], context: ReportContext, fr
                   seeds: list[int | None], study: bool) -> dict[str, Any]:
     """Every report of the run: one per seed (a cv output of its own), one over seeds, one per fraction and the
     study's (``fractions``, ``label_efficiency.png``); returns the top-level one."""
-    rows = []
+    rows, report = [], None
     for fraction in fractions:
         chosen = [j for j in jobs if j.fraction == fraction]
         base = out.fraction_dir(fraction)
         if seeds == [None]:
-            report = write_report(base, chosen, context) if study else None
+            report = write_report(base, chosen, context)
             records = _records(chosen, context.identities)
         else:
             per_seed, records = {}, {}
@@ -503,17 +506,16 @@ def write_reports(out: CvOutput, jobs: list[FoldJob], context: ReportContext, fr
             report = write_seeds_report(base, per_seed, _provenance_extra(context, per_seed), context.family)
         if study:
             rows.append(fraction_row(fraction, report, records))
-    last = [j for j in jobs if j.fraction == fractions[-1]]
     if not study:
-        return write_report(out.root, last, context) if seeds == [None] else read_json(out.report, "cv report")
-    if seeds == [None]:
-        main = write_report(out.root, last, context, extra={"fractions": rows})
-    else:
-        main = {**read_json(out.fraction_dir(fractions[-1]) / CvOutput.REPORT, "cv report"), "fractions": rows}
-        write_json(out.report, main)
-        write_text(out.root / "cv_report.md", (out.fraction_dir(fractions[-1]) / "cv_report.md").read_text())
-    write_label_efficiency(out.root, main)
-    return read_json(out.report, "cv report")
+        return report  # the one fraction's report is the output's (``base`` is the output folder)
+    # the study's report: the largest fraction's, with every fraction's row
+    main = {**report, "fractions": rows}
+    stem = report_stem(out.root, main)
+    write_json(out.root / f"{stem}.json", main)
+    largest = out.fraction_dir(fractions[-1]) / f"{report_stem(out.fraction_dir(fractions[-1]), main)}.md"
+    write_text(out.root / f"{stem}.md", largest.read_text() if largest.is_file() else "")
+    write_label_efficiency(out.root, main, stem)
+    return main
 
 
 def _label_reference(dm) -> dict[str, str]:
@@ -566,7 +568,7 @@ def _provenance_extra(context: ReportContext, per_seed: Mapping[Any, Mapping[str
     return {"leakage": {"validated_cases_seen_in_pretraining": leaked,
                         "note": "validation cases that the init_from checkpoint was pretrained on" if leaked
                         else "no validation case was in the pretraining data (or the checkpoint does not say)"},
-            "provenance": provenance}
+            "provenance": provenance, **({"partial": context.partial} if context.partial else {})}
 
 
 def _pretext(init_from: str | None) -> dict[str, Any] | None:

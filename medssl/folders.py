@@ -219,6 +219,10 @@ class CvOutput:
             seed: the training seed of a ``--seeds`` run (required there, refused elsewhere).
         """
         report, folder = self.read_report(fraction, seed)
+        partial = report.get("partial")
+        if isinstance(partial, dict):
+            logger.warning("--cv %s: its report covers folds %s of %s only (a --folds run): the ensemble is those "
+                           "folds'", self.root, ", ".join(map(str, partial.get("folds") or [])), partial.get("of"))
         main = report.get("main_run", "pretrained")
         run = run or main
         summary = report["runs"].get(run)

@@ -207,6 +207,11 @@ class MedsslCLI(LightningCLI):
         if hasattr(self.datamodule, "input_paths"):
             refuse_output_over_inputs(self.trainer.default_root_dir, self.datamodule.input_paths(),
                                       "--trainer.default_root_dir", contain_ok=True)
+        # one run per folder: a second fit into it would overwrite the first one's last.ckpt
+        last = os.path.join(self.trainer.default_root_dir, "checkpoints", "last.ckpt")
+        if os.path.isfile(last) and not self._checkpoint_of_run() and self.config_init["fit"].get("ckpt_path") is None:
+            raise ConfigError(f"{last} holds an earlier run's checkpoint: resume it with --ckpt_path last, or give "
+                              "this run its own --trainer.default_root_dir")
 
     def before_validate(self) -> None:
         self._apply_checkpoint()

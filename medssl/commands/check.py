@@ -8,7 +8,6 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from medssl.data.check import check_dataset, format_summary
     from medssl.data.layouts import LAYOUTS, brats, picai
     from medssl.progress import progress
 
@@ -24,6 +23,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--modalities", default=None, help="comma-separated modalities (datalist)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.data.check import check_dataset, format_summary
+
     modalities = args.modalities.split(",") if args.modalities else None
     summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities,
                             brats_labels=args.brats_labels,

@@ -18,9 +18,7 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def main(argv: list[str]) -> int:
-    from medssl.cv import run_cv, run_worker
     from medssl.progress import quiet_lightning
-    from medssl.runs import resolve
 
     parser = argparse.ArgumentParser(
         prog="medssl cv", description="Patient-grouped k-fold finetuning with PI-CAI evaluation. Any other "
@@ -57,6 +55,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--worker-seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-fraction", type=float, default=1.0, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.cv import run_cv, run_worker
+    from medssl.runs import resolve
+
     quiet_lightning(args.verbose)
     if args.worker_fold is not None:
         run_worker(args.worker_config, args.output, args.worker_fold, args.worker_dir, args.worker_run,

@@ -14,7 +14,6 @@ import argparse
 
 def main(argv: list[str]) -> int:
     from medssl.data.layouts import LAYOUTS
-    from medssl.embed import run_embed
     from medssl.progress import progress
 
     parser = argparse.ArgumentParser(
@@ -33,6 +32,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--overwrite", action="store_true", help="redo a folder another checkpoint or settings wrote")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.embed import run_embed
+
     record = run_embed(args.checkpoint, args.data_layout, args.data_root, args.output, pool=args.pool,
                        labels_root=args.data_labels_root, device=args.device, config=args.config,
                        overwrite=args.overwrite, progress=lambda cases: progress(cases, "medssl embed"))

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from medssl.data.layouts import LAYOUTS
     from medssl.errors import ConfigError
+
+    args = _parser().parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
     from medssl.evaluation.evaluate import (
         discover_labels,
         evaluate_predictions,
@@ -63,7 +66,6 @@ def main(argv: list[str]) -> int:
     )
     from medssl.io import refuse_output_over_inputs
 
-    args = _parser().parse_args(argv)
     for name in ("bootstrap", "workers"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)}: give 1 or more")

@@ -15,10 +15,7 @@ from medssl.errors import ConfigError
 
 
 def main(argv: list[str]) -> int:
-    from medssl.folders import CvOutput
-    from medssl.inference import run_infer
     from medssl.progress import progress, quiet_lightning
-    from medssl.runs import parse_overrides
 
     parser = argparse.ArgumentParser(
         prog="medssl infer", description="Predict new cases with a finetuned checkpoint or a fold ensemble. Other "
@@ -41,6 +38,11 @@ def main(argv: list[str]) -> int:
                         help="auto: a GPU when there is one (with the run's precision), else the CPU in fp32")
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args, overrides = parser.parse_known_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.folders import CvOutput
+    from medssl.inference import run_infer
+    from medssl.runs import parse_overrides
+
     quiet_lightning(args.verbose)
     for option in ("run", "fraction", "seed"):
         if getattr(args, option) is not None and not args.cv:

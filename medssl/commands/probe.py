@@ -8,7 +8,6 @@ import argparse
 
 def main(argv: list[str]) -> int:
     from medssl.data.layouts import LAYOUTS
-    from medssl.probe import run_probe
     from medssl.progress import progress
 
     parser = argparse.ArgumentParser(
@@ -29,6 +28,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--config", default=None, help="the run's config (default: saved in the checkpoint)")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.probe import run_probe
+
     result = run_probe(args.checkpoint, args.data_layout, args.data_root, args.output, args.labels,
                        args.data_labels_root, args.pool, args.folds, args.split_seed, args.neighbours,
                        device=args.device, config=args.config, progress=lambda c: progress(c, "medssl probe"))

@@ -10,7 +10,6 @@ from medssl.errors import ConfigError
 
 def main(argv: list[str]) -> int:
     from medssl.progress import quiet_lightning
-    from medssl.quickstart import run_quickstart
 
     parser = argparse.ArgumentParser(prog="medssl quickstart", description="synthetic data -> pretraining -> "
                                      "five-fold finetuning, pretrained and from scratch -> PI-CAI report")
@@ -27,6 +26,9 @@ def main(argv: list[str]) -> int:
                         "options (default: refuse)")
     parser.add_argument("--verbose", action="store_true", help="Lightning's messages")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.quickstart import run_quickstart
+
     quiet_lightning(args.verbose)
     for name in ("cases", "archive_cases", "pretrain_epochs", "finetune_epochs"):
         if getattr(args, name) < 1:

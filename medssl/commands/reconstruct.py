@@ -15,7 +15,6 @@ import argparse
 
 def main(argv: list[str]) -> int:
     from medssl.data.layouts import LAYOUTS
-    from medssl.reconstruct import run_reconstruct
 
     parser = argparse.ArgumentParser(
         prog="medssl reconstruct",
@@ -31,6 +30,8 @@ def main(argv: list[str]) -> int:
                         help="pretraining config (default: the one saved in the checkpoint, else beside checkpoints/)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.reconstruct import run_reconstruct
 
     def show(entry: dict) -> None:
         if not entry["written"]:

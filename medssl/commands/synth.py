@@ -6,7 +6,6 @@ import argparse
 
 
 def main(argv: list[str]) -> int:
-    from medssl.data.synth import synth_brats, synth_picai
     from medssl.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="medssl synth", description="Write synthetic data in a real layout.")
@@ -22,6 +21,9 @@ def main(argv: list[str]) -> int:
                              "lesions, bias fields, Rician noise, misregistration, benign look-alikes) or context "
                              "(realistic plus mimics with the lesions' own contrast that only anatomy tells apart)")
     args = parser.parse_args(argv)
+    # imported once the options are read: `--help` and a mistyped option answer without loading torch
+    from medssl.data.synth import synth_brats, synth_picai
+
     if args.cases is not None and args.cases < 1:
         raise ConfigError(f"--cases {args.cases}: give 1 or more")
     if args.seed < 0 or (args.first_patient is not None and args.first_patient < 0):

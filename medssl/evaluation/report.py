@@ -9,6 +9,7 @@ on the Agg canvas, so importing this module changes no global backend. Files go 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -37,6 +38,7 @@ CURVES = {
     "froc": ("lesion_FPR", "sensitivity", "false positives per case", "sensitivity (lesion level)"),
 }
 THIN = {"linewidth": 1.0}
+DASHES = ("-", "--", "-.", ":")  # folds drawn on one plot stay apart where their curves coincide
 BOLD = {"linewidth": 2.0, "color": "black"}
 
 
@@ -102,7 +104,11 @@ def run_summary(folds: Sequence[Mapping[str, Any]], n_bootstrap: int = 1000, see
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    """Three decimals; a value that rounds to zero is ``0.000``, never ``-0.000``."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
 
 
 def _provenance_markdown(provenance: Mapping[str, Any] | None) -> str:
@@ -260,8 +266,34 @@ def _twin_comparison(runs: Mapping[str, Sequence[Mapping[str, Any]]], summaries:
     return comparison
 
 
+def _legend(name: str, summary: Mapping[str, Any]) -> str:
+    """A curve's legend with the numbers it stands for: ``fold 0 (AUROC 0.812, AP 0.431)``."""
+    return f"{name} (AUROC {_fmt(summary.get('auroc'))}, AP {_fmt(summary.get('ap'))})"
+
+
 def _file_name(run: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run)
+
+
+def report_stem(output_dir: Path, report: Mapping[str, Any]) -> str:
+    """``cv_report``, or ``cv_report_partial`` for a run of some folds (``report["partial"]``) where a report of every
+    fold exists already: a partial run never replaces a complete report."""
+    if not report.get("partial"):
+        return "cv_report"
+    existing = output_dir / "cv_report.json"
+    try:
+        complete = existing.is_file() and not json.loads(existing.read_text()).get("partial")
+    except (OSError, ValueError):
+        complete = False
+    return "cv_report_partial" if complete else "cv_report"
+
+
+def _partial_markdown(report: Mapping[str, Any]) -> str:
+    partial = report.get("partial")
+    if not partial:
+        return ""
+    return (f"**Partial: folds {', '.join(map(str, partial['folds']))} of {partial['of']}** (`--folds`); the pooled "
+            "numbers cover these folds' validation cases only.\n\n")
 
 
 def write_cv_report(
@@ -308,12 +340,15 @@ def write_cv_report(
         report["controls"] = {arm: _twin_comparison(runs, summaries, arm, n_bootstrap, seed) for arm in controls}
     report.update(extra or {})
     report = jsonable(report)
-    write_json(output_dir / "cv_report.json", report)
-    write_text(output_dir / "cv_report.md", _provenance_markdown(report.get("provenance"))
+    stem = report_stem(output_dir, report)
+    write_json(output_dir / f"{stem}.json", report)
+    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
                + _markdown(report["runs"], main, report.get("comparison"), report.get("controls")))
     for name, summary in report["runs"].items():
-        entries = [(f"fold {row['fold']}", row, THIN) for row in summary["folds"]]
-        write_curve_plots(output_dir, name, [*entries, ("pooled", summary["pooled"], BOLD)], f"_{_file_name(name)}")
+        entries = [(_legend(f"fold {row['fold']}", row), row, {**THIN, "linestyle": DASHES[i % len(DASHES)]})
+                   for i, row in enumerate(summary["folds"])]
+        write_curve_plots(output_dir, name, [*entries, (_legend("pooled", summary["pooled"]), summary["pooled"], BOLD)],
+                          f"_{_file_name(name)}")
     return report
 
 
@@ -373,8 +408,10 @@ def write_seeds_report(
         report["positive_control"] = positive_control(controls["supervised"]["score"])
     report.update(extra or {})
     report = jsonable(report)
-    write_json(output_dir / "cv_report.json", report)
-    write_text(output_dir / "cv_report.md", _provenance_markdown(report.get("provenance")) + _seeds_markdown(report))
+    stem = report_stem(output_dir, report)
+    write_json(output_dir / f"{stem}.json", report)
+    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
+               + _seeds_markdown(report))
     return report
 
 
@@ -499,7 +536,8 @@ def _verdict(row: Mapping[str, Any] | None) -> str:
     return "no detectable difference"
 
 
-def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, Any]) -> Path | None:
+def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, Any],
+                           stem: str = "cv_report") -> Path | None:
     """``label_efficiency.png`` (pooled PI-CAI score against the number of labelled training cases, each run
     with its 95 % bootstrap band) and a "Label efficiency" section appended to ``cv_report.md``.
 
@@ -600,6 +638,6 @@ def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, A
               "(Bonferroni; `ci_adjusted` in the JSON where seeds were run), or expect about one in twenty 95% "
               "intervals to exclude 0 by chance.",
               "", "![label efficiency](label_efficiency.png)", ""]
-    md = output_dir / "cv_report.md"
+    md = output_dir / f"{stem}.md"
     write_text(md, (md.read_text() if md.is_file() else "") + "\n".join(lines))
     return path
