@@ -66,7 +66,16 @@ def condense_config_error(exc: BaseException) -> str:
         reasons.append(match.group(1) if match else line)
     reason = reasons[-1] if reasons else text.splitlines()[0] if text else type(exc).__name__
     key = ".".join([s for s in (section, *keys) if s])
+    if "Expected a <class 'list'>" in reason:  # the type alone does not say how to write a list on a command line
+        name = key.split(".")[-1] if key else "KEY"
+        example = EXAMPLES.get(name, "[1, 2, 3]")
+        reason = f"expected a list, e.g. --{key or name} '{example}'"
     return f"{key}: {reason}" if key else reason
+
+
+# how to write the list-valued options users meet first (all [D, H, W] = [z, y, x])
+EXAMPLES = {"spacing": "[3.0, 0.5, 0.5]", "spatial_size": "[20, 256, 256]", "crop_size": "[16, 128, 128]",
+            "modalities": "[t2w, adc, hbv]", "clip_percentiles": "[0.5, 99.5]", "roi_size": "[16, 128, 128]"}
 
 
 def _check_yaml_files(args) -> None:

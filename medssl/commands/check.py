@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+# the config keys the data layer names in its messages, and this command's options for them
+OPTIONS = {"data.modalities": "--modalities", "data.labels_root": "--labels", "data.label_source": "--label-source",
+           "data.brats_labels": "--brats-labels"}
+
 
 def main(argv: list[str]) -> int:
     from medssl.data.layouts import LAYOUTS, brats, picai
@@ -25,11 +29,17 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     # imported once the options are read: `--help` and a mistyped option answer without loading torch
     from medssl.data.check import check_dataset, format_summary
+    from medssl.errors import MedsslError
 
     modalities = args.modalities.split(",") if args.modalities else None
-    summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities,
-                            brats_labels=args.brats_labels,
-                            progress=lambda cases: progress(cases, "medssl check", total=len(cases)))
+    try:
+        summary = check_dataset(args.root, args.layout, args.labels, args.label_source, modalities,
+                                brats_labels=args.brats_labels,
+                                progress=lambda cases: progress(cases, "medssl check", total=len(cases)))
+    except MedsslError as e:  # the data layer names config keys; this command takes options
+        for key, option in OPTIONS.items():
+            e.args = tuple(str(a).replace(key, option) for a in e.args)
+        raise
     for line in summary["errors"]:
         print(f"medssl: error: {line}", file=sys.stderr)
     print(json.dumps(summary) if args.json else format_summary(summary))

@@ -89,8 +89,10 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     g = s["geometry"]
     if g:
-        lines.append(f"  reference spacing (x, y, z) mm {g['spacing_min_xyz']} .. {g['spacing_max_xyz']}")
-        lines.append(f"  reference size (x, y, z) {g['size_min_xyz']} .. {g['size_max_xyz']}")
+        # in the order configs take them (data.spacing, data.spatial_size are [D, H, W] = [z, y, x])
+        lines.append(f"  reference spacing [D, H, W] = [z, y, x] mm {g['spacing_min_xyz'][::-1]} .. "
+                     f"{g['spacing_max_xyz'][::-1]}  (as data.spacing takes it)")
+        lines.append(f"  reference size [D, H, W] = [z, y, x] {g['size_min_xyz'][::-1]} .. {g['size_max_xyz'][::-1]}")
     lines.append(f"  unusable cases {len(s['errors'])}" if s["errors"] else "  all cases readable")
     return "\n".join(lines)
 
