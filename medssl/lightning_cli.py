@@ -9,7 +9,7 @@ import pickle
 import re
 import sys
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -31,6 +31,24 @@ class SafeCheckpointIO(TorchCheckpointIO):
         from medssl.io import save_torch
 
         save_torch(checkpoint, path)
+
+
+class LastAtTrainEnd(Callback):
+    """``last.ckpt`` holds the final epoch's weights whatever the validation interval.
+
+    Lightning's ``ModelCheckpoint`` saves ``last.ckpt`` when it saves, at validation ends; with
+    ``check_val_every_n_epoch`` not dividing ``max_epochs`` the last epochs would be missing from it silently, and
+    ``medssl cv --selection last`` would report an earlier epoch. At the end of training each ``save_last``
+    callback's ``last.ckpt`` is written again when it is older than the final step.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if not getattr(callback, "save_last", False) or not callback.dirpath:
+                continue
+            path = os.path.join(callback.dirpath, "last.ckpt")
+            if getattr(callback, "_last_global_step_saved", -1) != trainer.global_step or not os.path.isfile(path):
+                trainer.save_checkpoint(path)
 
 
 class MedsslSaveConfig(SaveConfigCallback):
@@ -161,6 +179,7 @@ class MedsslCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+        self.trainer.callbacks.append(LastAtTrainEnd())
 
     def _name_net_key(self, message: str) -> str:
         """A net's own ``ValueError`` ("feature_size=0 must be ...") names its argument only; give the key path

@@ -264,3 +264,16 @@ def test_gpu_overlay_without_a_gpu_is_one_line():
     with pytest.raises(ConfigError, match="gpu"):
         MedsslCLI(args=["--config", str(REPO / "configs/finetune/cswin_picai_tiny.yaml"), "--config",
                         str(REPO / "configs/trainer/gpu_bf16.yaml"), "--data.root", "/x"], run=False)
+
+
+def test_last_checkpoint_holds_the_final_epoch_whatever_the_validation_interval(small_picai, tmp_path, monkeypatch):
+    """7 epochs, validation every 5: Lightning alone would leave last.ckpt at epoch 5; medssl writes it again at the
+    end of training, so `--selection last` reports the epoch-7 weights."""
+    monkeypatch.chdir(tmp_path)
+    cli = MedsslCLI(args=["fit", *_fit_args("configs/finetune/unet_picai_tiny.yaml", small_picai, tmp_path),
+                          "--trainer.max_epochs", "7", "--trainer.check_val_every_n_epoch", "5",
+                          "--model.init_args.tta_flip", "false"])
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == cli.trainer.global_step == 7 and last["epoch"] >= 6  # not the epoch-5 save
+    weights = {k.removeprefix("net."): v for k, v in last["state_dict"].items()}
+    assert all(torch.equal(weights[k], v) for k, v in cli.model.net.state_dict().items())
