@@ -2,7 +2,8 @@
 
 For every case and every modality it lacks, the BM-MAE decoder predicts the missing sequence from
 the present ones (all present tokens visible, all missing tokens masked; see
-``BMMAE.reconstruct``), and the prediction is written as ``OUT/<case_id>_<modality>.nii.gz`` in
+``BMMAE.reconstruct``), and the prediction is written in the input's own naming (``output_name``:
+``OUT/BraTS-GLI-..-000-t2f.nii.gz`` for BraTS 2023, ``OUT/<case_id>_<modality>.nii.gz`` otherwise) in
 the case's own geometry: the grid (size, spacing, origin, direction) of its reference modality
 file, the grid every present modality of a BraTS case shares. ``medssl reconstruct``
 (``medssl.commands.reconstruct``) runs :func:`run_reconstruct`::
@@ -94,6 +95,20 @@ def _brain_mask(case: Case, present: list[str], reference: sitk.Image) -> np.nda
     return mask
 
 
+def output_name(case: Case, modality: str) -> str:
+    """The file name of a written ``modality`` of ``case`` in its data set's own naming.
+
+    Example:
+        >>> output_name(Case("BraTS-GLI-00001-000", "p", {}, label_convention="brats2023"), "flair")
+        'BraTS-GLI-00001-000-t2f.nii.gz'
+    """
+    if case.label_convention:  # BraTS: the release's names (t1c, t2f, ... from 2023)
+        from medssl.data.layouts.brats import get_convention
+
+        return get_convention(case.label_convention).file_name(case.case_id, modality)
+    return f"{case.case_id}_{modality}.nii.gz"
+
+
 def reconstruct_case(
     model: BMMAE, case: Case, prep: Preprocessing, transform, device: torch.device
 ) -> tuple[str, dict[str, np.ndarray]]:
@@ -146,7 +161,8 @@ def run_reconstruct(
         checkpoint: BM-MAE weights with their decoder (our pretraining checkpoint or the official file).
         layout: ``brats``, ``picai`` or ``datalist``.
         root: data folder (datalist: the file).
-        output: folder for ``<case_id>_<modality>.nii.gz`` (each written atomically).
+        output: folder for the written sequences, named as the input names them (``output_name``), each written
+            atomically.
         labels_root: PI-CAI ``picai_labels`` (discovery only; labels are never read).
         config: the pretraining config, if not found beside the checkpoint.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -180,7 +196,7 @@ def run_reconstruct(
         if len(present) < len(model.modalities):
             ref_path, volumes = reconstruct_case(model, case, prep, transform, run_on)
             for m, array in volumes.items():
-                target = out_dir / f"{case.case_id}_{m}.nii.gz"
+                target = out_dir / output_name(case, m)
                 write_like(array, ref_path, target)
                 entry["written"][m] = str(target)
             _logger.info("%s: wrote %s", case.case_id, ", ".join(entry["written"]))

@@ -105,6 +105,22 @@ def test_cli_writes_every_missing_sequence_in_the_case_geometry(brats, pretraine
     assert lines[-1].startswith(f"reconstructed {len(expected)} sequences in {len({c for c, _ in expected})} cases")
 
 
+@pytest.mark.slow
+def test_a_2023_named_set_gets_2023_named_sequences(pretrained, tmp_path):
+    """The same checkpoint on BraTS 2023 names: the missing FLAIR comes back as `<case>-t2f.nii.gz`, not `_flair`."""
+    root = tmp_path / "b23"
+    ids = synth_brats(root, cases=2, seed=5, size=(32, 32, 24), naming="2023")
+    for case_id in ids:
+        (root / case_id / f"{case_id}-t2f.nii.gz").unlink(missing_ok=True)
+    out = tmp_path / "recon"
+    result = run_medssl("reconstruct", "--checkpoint", str(pretrained), "--data.layout", "brats",
+                        "--data.root", str(root), "--output", str(out), "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = {p.name for p in out.iterdir()}
+    assert {f"{c}-t2f.nii.gz" for c in ids} <= written and not any("_" in name for name in written)
+    assert all(name.endswith(("-t1n.nii.gz", "-t1c.nii.gz", "-t2w.nii.gz", "-t2f.nii.gz")) for name in written)
+
+
 class _Payload:
     """Unpickling this runs ``os.mkdir(marker)``: what a malicious checkpoint would do."""
 

@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a labelled case without a map: refuse (default) or score it as an empty map")
     parser.add_argument("--brats-labels", "--data.brats_labels", dest="brats_labels", choices=list(brats.OPTIONS),
                         default=None,
-                        help="segmentation label convention: enhancing tumour 4 (2021) or 3 (2023); "
-                             "default: read from each map's values")
+                        help="segmentation label convention: enhancing tumour 4 (2021), 3 (2023), or 3 with 4 the "
+                             "resection cavity, scored in no region (2024-gli); default: read from each map's values")
     parser.add_argument("--compare", metavar="OTHER_DIR", default=None,
                         help="second predictions folder: paired bootstrap of this minus that on the same cases")
     parser.add_argument("--output", default=None, metavar="OUT",

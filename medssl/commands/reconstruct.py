@@ -5,7 +5,8 @@
     medssl reconstruct --checkpoint runs/pre/lightning_logs/version_0/checkpoints/last.ckpt \\
         --data.layout brats --data.root /data/BraTS2021 --output recon/
 
-Writes ``OUT/<case_id>_<modality>.nii.gz`` (see ``medssl.reconstruct``).
+Writes each missing sequence in the input's own naming (``OUT/<case>-t2f.nii.gz`` for BraTS 2023,
+``OUT/<case>_flair.nii.gz`` for 2021; see ``medssl.reconstruct.output_name``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data.root", dest="data_root", required=True, help="data folder (datalist: the file)")
     parser.add_argument("--data.labels_root", dest="data_labels_root", default=None,
                         help="PI-CAI picai_labels folder (labels are not used, only discovery)")
-    parser.add_argument("--output", required=True, help="folder for <case_id>_<modality>.nii.gz")
+    parser.add_argument("--output", required=True,
+                        help="folder for the reconstructed sequences, named as the input names them")
     parser.add_argument("--config", default=None,
                         help="pretraining config (default: the one saved in the checkpoint, else beside checkpoints/)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

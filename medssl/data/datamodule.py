@@ -58,8 +58,8 @@ class MRIDataModule(LightningDataModule):
         labels_root: PI-CAI's ``picai_labels`` folder; looked for beside ``images/`` when unset.
         label_source: PI-CAI labels: ``human_expert+AI`` (default, as the PI-CAI baseline: the expert
             delineation where one exists, else the AI-derived one), ``human_expert`` or ``AI``.
-        brats_labels: BraTS label convention, ``2021`` (enhancing tumour 4) or ``2023`` (3); by default
-            read from the file naming.
+        brats_labels: BraTS label convention, ``2021`` (enhancing tumour 4), ``2023`` (3) or ``2024-gli`` (3,
+            and 4 the resection cavity, in no region); by default read from the file naming.
         modalities: channel order; the layout's modalities by default.
         task: ``detection`` (binary lesion mask) or ``segmentation`` (BraTS TC, WT, ET).
         spacing: target spacing in mm along ``[D, H, W]``; ``null`` keeps the reference's.

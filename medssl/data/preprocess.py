@@ -198,6 +198,9 @@ def check_label(label: sitk.Image, reference: sitk.Image, prep: Preprocessing, c
     bad = [v for v in values.tolist() if v not in allowed]
     if bad:
         note = f" for {convention} labels (set data.brats_labels if the naming misleads)" if convention else ""
+        if convention == "brats2023" and bad == [4]:
+            note = (" for BraTS 2023 labels: if label 4 is BraTS 2024 GLI's resection cavity, set data.brats_labels "
+                    "2024-gli (--brats-labels 2024-gli)")
         raise DataError(f"label values {bad[:5]} outside the allowed {list(allowed)}{note}", case_id, path)
 
 

@@ -511,15 +511,24 @@ def synth_picai(
     return case_ids
 
 
-def synth_brats(out: str | Path, cases: int = 12, seed: int = 0, size=(64, 64, 48)) -> list[str]:
-    """Write a BraTS-layout folder ``out/BraTS2021_<id>/BraTS2021_<id>_{t1,t1ce,t2,flair,seg}.nii.gz``.
+def synth_brats(out: str | Path, cases: int = 12, seed: int = 0, size=(64, 64, 48), naming: str = "2021") -> list[str]:
+    """Write a BraTS-layout folder in one release's naming and label values.
+
+    ``2021``: ``out/BraTS2021_<id>/BraTS2021_<id>_{t1,t1ce,t2,flair,seg}.nii.gz``, enhancing tumour 4;
+    ``2023``: ``out/BraTS-GLI-<id>-000/BraTS-GLI-<id>-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``, enhancing tumour 3;
+    ``2024-gli``: the 2023 naming, and a resection cavity (label 4, in no region) beside the tumour in every
+    other case. The tumours (and the images outside a cavity) are the same for a seed whatever the naming.
 
     Args:
         out: destination folder, new or empty (a folder with files in it is refused).
         cases: number of cases.
         seed: random seed.
         size: volume size (x, y, z) at 1 mm; real BraTS is 240 x 240 x 155.
+        naming: ``2021``, ``2023`` or ``2024-gli`` (a ``data.brats_labels`` option).
     """
+    from medssl.data.layouts.brats import get_convention
+
+    convention = get_convention(naming)
     out = Path(out)
     _refuse_non_empty(out)
     rng = np.random.default_rng(seed)
@@ -534,7 +543,7 @@ def synth_brats(out: str | Path, cases: int = 12, seed: int = 0, size=(64, 64, 4
     }
     ids = []
     for i in range(cases):
-        case_id = f"BraTS2021_{i:05d}"
+        case_id = f"BraTS2021_{i:05d}" if convention.separator == "_" else f"BraTS-GLI-{i:05d}-000"
         ids.append(case_id)
         brain_r = size * rng.uniform(0.36, 0.44, 3)
         t_centre = centre + rng.uniform(-0.15, 0.15, 3) * size
@@ -544,21 +553,27 @@ def synth_brats(out: str | Path, cases: int = 12, seed: int = 0, size=(64, 64, 4
         enhancing = _ellipsoid(world, t_centre, [t_r] * 3) & brain
         necrosis = _ellipsoid(world, t_centre, [t_r * 0.5] * 3) & brain
         seg = np.zeros(brain.shape, np.uint8)
-        seg[oedema], seg[enhancing], seg[necrosis] = 2, 4, 1
+        seg[oedema], seg[enhancing], seg[necrosis] = 2, convention.et, 1
         missing = set()
         if rng.random() < 0.25:
             missing.add("flair")
         if rng.random() < 0.2:
             missing.add("t1ce")
+        cavity = np.zeros(brain.shape, bool)
+        if convention.rc is not None and i % 2 == 0:  # a resection cavity beside the tumour, outside the oedema
+            side = np.sign(centre[0] - t_centre[0]) or 1.0  # towards the brain's middle, so it stays inside
+            cavity = _ellipsoid(world, t_centre + [side * t_r * 2.4, 0, 0], [t_r * 0.8] * 3) & brain & (seg == 0)
+            seg[cavity] = convention.rc
         for m, (v_brain, v_oed, v_enh, v_nec) in values.items():
             if m in missing:
                 continue
             img = np.where(brain, v_brain, 0.0)
             img = np.where(seg == 2, v_oed, img)
-            img = np.where(seg == 4, v_enh, img)
+            img = np.where(seg == convention.et, v_enh, img)
             img = np.where(seg == 1, v_nec, img)
+            img = np.where(cavity, 0.1 if m != "t2" else 1.0, img)  # fluid: dark, bright on T2
             img = img * (1 + 0.05 * rng.standard_normal(img.shape)) * brain
-            _write((img * 1000).clip(0).astype(np.float32), out / case_id / f"{case_id}_{m}.nii.gz",
+            _write((img * 1000).clip(0).astype(np.float32), out / case_id / convention.file_name(case_id, m),
                    spacing, origin, direction)
-        _write(seg, out / case_id / f"{case_id}_seg.nii.gz", spacing, origin, direction)
+        _write(seg, out / case_id / convention.file_name(case_id, "seg"), spacing, origin, direction)
     return ids

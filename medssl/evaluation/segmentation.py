@@ -4,11 +4,13 @@ An empty region is ordinary in BraTS (ET is absent in some gliomas): MONAI then 
 (empty target for Dice, an empty prediction or target for HD95) or Inf. Those cases are kept as
 NaN and counted, never averaged in or raised.
 
-Label maps come in two conventions: BraTS 2021 (0, 1 necrotic core, 2 oedema, 4 enhancing) and
-BraTS 2023/2024 GLI (enhancing is 3). Each map's convention is read from its values (a map with 4
-is 2021, one with 3 is 2023), so a 2021-style prediction (``medssl infer`` writes 4) is scored
-against 2023 labels correctly; a map with neither has no enhancing tumour under both conventions,
-so the two can only be told apart where it matters. ``brats_labels`` fixes one convention instead.
+Label maps come in three conventions: BraTS 2021 (0, 1 necrotic core, 2 oedema, 4 enhancing),
+BraTS 2023 (enhancing is 3) and BraTS 2024 GLI (enhancing 3, and 4 the resection cavity, in no
+region). Without ``brats_labels`` each map's convention is read from its values (a map with 4 is
+2021, one with 3 is 2023), so a 2021-style prediction is scored against 2023 labels correctly; a
+map with neither has no enhancing tumour under both, so the two can only be told apart where it
+matters. 2024 GLI cannot be told from values (4 would read as enhancing): give ``brats_labels``
+``2024-gli``, which fixes one convention for every map.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def enhancing_label(
 
     Args:
         values: the distinct values of the map.
-        brats_labels: ``"2021"`` (ET = 4) or ``"2023"`` (ET = 3): every map is in that convention and
-            one with the other's value is refused. None reads each map's own from its values: 4 is
-            2021, 3 is 2023, and a map with neither has no enhancing tumour in either convention.
+        brats_labels: ``"2021"`` (ET = 4), ``"2023"`` (ET = 3) or ``"2024-gli"`` (ET = 3, 4 the resection
+            cavity): every map is in that convention and one with a value outside it is refused. None reads
+            each map's own from its values: 4 is 2021, 3 is 2023, and a map with neither has no enhancing
+            tumour in either convention.
         case_id: named in errors.
         path: named in errors.
 
@@ -59,8 +62,8 @@ def enhancing_label(
     if brats_labels is not None:
         return get_convention(brats_labels).et
     if 3 in values and 4 in values:
-        raise DataError("holds both 3 and 4, which no BraTS convention does (2021: enhancing tumour 4; 2023: "
-                        "enhancing tumour 3)", case_id, path)
+        raise DataError("holds both 3 and 4: BraTS 2021 and 2023 maps never do; if 4 is BraTS 2024 GLI's resection "
+                        "cavity, give --brats-labels 2024-gli", case_id, path)
     return 3 if 3 in values else 4
 
 

@@ -111,3 +111,87 @@ def test_monai_brats_regions_need_the_et_label():
     assert default[:, 3].tolist() == [False, False, False]
     regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=CONVENTIONS["brats2023"].et)(labels)
     assert regions.astype(int).tolist() == [[0, 1, 0, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0]]
+
+
+def _read(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_synth_writes_each_release_naming_with_the_same_tumours(tmp_path):
+    """2021, 2023 and 2024-gli from one seed: the release's file names and label values, the same tumours; 2024 GLI
+    adds resection cavities (label 4) that 2023's names cannot announce, so discovery needs brats_labels."""
+    from medssl.data.synth import synth_brats
+
+    sets = {n: tmp_path / n for n in ("2021", "2023", "2024-gli")}
+    ids = {n: synth_brats(root, cases=4, seed=3, size=(48, 48, 32), naming=n) for n, root in sets.items()}
+    assert ids["2021"][0] == "BraTS2021_00000" and ids["2023"] == ids["2024-gli"] == [
+        f"BraTS-GLI-{i:05d}-000" for i in range(4)]
+    found = {n: discover_brats(root, brats_labels="2024-gli" if n == "2024-gli" else None) for n, root in sets.items()}
+    assert [c.label_convention for c in found["2021"]] == ["brats2021"] * 4
+    assert [c.label_convention for c in found["2023"]] == ["brats2023"] * 4
+    assert [c.label_convention for c in found["2024-gli"]] == ["brats2024gli"] * 4
+    with_cavity = 0
+    for a, b, c in zip(found["2021"], found["2023"], found["2024-gli"]):
+        assert [m for m in a.images if a.images[m]] == [m for m in b.images if b.images[m]]  # same missing sequences
+        assert Path(b.images["t1ce"] or b.label).name.startswith(b.case_id + "-")
+        s21, s23, s24 = _read(Path(a.label)), _read(Path(b.label)), _read(Path(c.label))
+        assert set(np.unique(s21)) <= {0, 1, 2, 4} and set(np.unique(s23)) <= {0, 1, 2, 3}
+        np.testing.assert_array_equal(np.where(s21 == 4, 3, s21), s23)
+        cavity = s24 == 4
+        with_cavity += bool(cavity.any())
+        np.testing.assert_array_equal(np.where(cavity, 0, s24), s23)  # the cavity only takes background voxels
+        for m, path in a.images.items():
+            if path:
+                np.testing.assert_array_equal(_read(Path(path)), _read(Path(b.images[m])))
+    assert with_cavity == 2
+
+
+def test_2024_gli_resection_cavity_is_in_no_region_and_never_enhancing(tmp_path):
+    """Label 4 is the resection cavity under 2024-gli: no region when training targets are made, none when scored;
+    a 2023-named set holding 4 is refused with the advice to say 2024-gli; 2021 would have called it enhancing."""
+    from medssl.data.preprocess import encode_label
+    from medssl.evaluation.segmentation import label_map_metrics
+
+    label = np.zeros((1, 6, 6), np.uint8)
+    label[0, 0, :2], label[0, 1, :2], label[0, 2, :2], label[0, 4, :3] = 1, 2, 3, 4  # NCR, ED, ET, cavity
+    regions = encode_label(label, "brats_regions", "brats2024gli")
+    assert not regions[:, label == 4].any()  # the cavity is in none of TC, WT, ET
+    assert regions[2, label == 3].all() and regions[0, label == 1].all()
+    assert encode_label(label, "brats_regions", "brats2021")[2, label == 4].all()  # what 2021 would have trained
+
+    oracle = CONVENTIONS["brats2024gli"].label_map(regions.astype(bool))
+    assert 4 not in oracle  # predictions never write the cavity
+    scored = label_map_metrics(oracle, label, brats_labels="2024-gli")
+    assert scored["dice"] == {"TC": 1.0, "WT": 1.0, "ET": 1.0} and scored["enhancing_label"]["label"] == 3
+    with pytest.raises(DataError, match="2024-gli"):  # read from values, 3 and 4 together: ask, never guess
+        label_map_metrics(oracle, label)
+    with pytest.raises(DataError, match="not BraTS 2023 labels"):
+        label_map_metrics(oracle, label, brats_labels="2023")
+
+
+def test_2024_gli_labels_under_2023_reading_refused_with_the_advice(tmp_path):
+    from medssl.data.preprocess import Preprocessing, check_label
+    from medssl.data.synth import synth_brats
+
+    synth_brats(tmp_path / "b", cases=1, seed=0, size=(48, 48, 32), naming="2024-gli")
+    (case,) = discover_brats(tmp_path / "b")
+    assert case.label_convention == "brats2023"  # the names cannot say 2024
+    import SimpleITK as sitk
+
+    label = sitk.ReadImage(case.label)
+    with pytest.raises(DataError, match="2024-gli"):
+        check_label(label, label, Preprocessing(("t1",), ("t1",)), case.case_id, case.label, case.label_convention)
+    check_label(label, label, Preprocessing(("t1",), ("t1",)), case.case_id, case.label, "brats2024gli")
+
+
+def test_reconstructed_sequences_are_named_as_the_input_names_them():
+    from medssl.data.layouts import Case
+    from medssl.reconstruct import output_name
+
+    assert output_name(Case("BraTS2021_00001", "p", {}, label_convention="brats2021"), "flair") == \
+        "BraTS2021_00001_flair.nii.gz"
+    assert output_name(Case("BraTS-GLI-00001-000", "p", {}, label_convention="brats2024gli"), "t1ce") == \
+        "BraTS-GLI-00001-000-t1c.nii.gz"
+    assert output_name(Case("10000_1000000", "10000", {}), "adc") == "10000_1000000_adc.nii.gz"

@@ -29,11 +29,12 @@ class Convention:
     """A BraTS release's file naming and label values.
 
     Args:
-        name: recorded on each case as ``label_convention`` (``brats2021``, ``brats2023``).
+        name: recorded on each case as ``label_convention`` (``brats2021``, ``brats2023``, ``brats2024gli``).
         option: the value of ``data.brats_labels`` / ``--brats-labels`` that selects it.
         separator: between the case id and the file tail (``_`` or ``-``).
         tails: file-name tail -> medssl modality (``seg``: the label).
         ncr, ed, et: the label values of necrotic core, oedema and enhancing tumour.
+        rc: the resection cavity's value (BraTS 2024 GLI, post-treatment), outside every region; None: none.
     """
 
     name: str
@@ -43,11 +44,17 @@ class Convention:
     ncr: int = 1
     ed: int = 2
     et: int = 4
+    rc: int | None = None
 
     @property
     def values(self) -> tuple[int, ...]:
         """Every value a label map of this convention may hold (0 is background)."""
-        return (0, self.ncr, self.ed, self.et)
+        return (0, self.ncr, self.ed, self.et) + ((self.rc,) if self.rc is not None else ())
+
+    def file_name(self, case_id: str, modality: str) -> str:
+        """The file name of ``modality`` of ``case_id`` in this release's naming (``BraTS-GLI-..-t1c.nii.gz``)."""
+        tail = next((t for t, m in self.tails.items() if m == modality), modality)
+        return f"{case_id}{self.separator}{tail}.nii.gz"
 
     @property
     def labels(self) -> dict[str, int]:
@@ -77,8 +84,13 @@ CONVENTIONS = {
                                                        "seg": "seg"}, et=4),
     "brats2023": Convention("brats2023", "2023", "-", {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair",
                                                        "seg": "seg"}, et=3),
+    # BraTS 2024 GLI (post-treatment gliomas): the 2023 naming, and label 4 the resection cavity, in no region
+    "brats2024gli": Convention("brats2024gli", "2024-gli", "-", {"t1n": "t1", "t1c": "t1ce", "t2w": "t2",
+                                                                 "t2f": "flair", "seg": "seg"}, et=3, rc=4),
 }
 OPTIONS = tuple(c.option for c in CONVENTIONS.values())
+# the file namings, told apart by their names (2024 GLI's labels use the 2023 naming: data.brats_labels 2024-gli)
+NAMINGS = {name: CONVENTIONS[name] for name in ("brats2021", "brats2023")}
 _BRATS_LIKE = re.compile(r"[_-](t1|t1ce|t1c|t1n|t1gd|t2|t2w|t2f|flair|seg)$", re.IGNORECASE)
 
 
@@ -106,7 +118,7 @@ def _brats_folder(folder: Path) -> tuple[str | None, dict[str, str]]:
         if stem is None:
             continue
         key = None
-        for naming, c in CONVENTIONS.items():
+        for naming, c in NAMINGS.items():
             prefix = f"{folder.name}{c.separator}"
             if stem.startswith(prefix) and stem[len(prefix):] in c.tails:
                 key = c.tails[stem[len(prefix):]]
@@ -140,9 +152,10 @@ def discover_brats(root: str | Path, brats_labels: str | int | None = None) -> l
 
     Args:
         root: the folder of case folders.
-        brats_labels: ``"2021"`` or ``"2023"`` to say which label convention the segmentations
-            follow; ``None`` (default) tells it from the file names. Recorded on every case as
-            ``label_convention`` (``brats2021`` / ``brats2023``).
+        brats_labels: ``"2021"``, ``"2023"`` or ``"2024-gli"`` to say which label convention the
+            segmentations follow; ``None`` (default) tells 2021 from 2023 by the file names (2024 GLI has
+            2023's names: give ``2024-gli``). Recorded on every case as ``label_convention``
+            (``brats2021`` / ``brats2023`` / ``brats2024gli``).
 
     Example:
         >>> cases = discover_brats("/data/BraTS2023-GLI")  # doctest: +SKIP
@@ -170,7 +183,7 @@ def discover_brats(root: str | Path, brats_labels: str | int | None = None) -> l
                         f"(case {found['brats2023'][0][0].name}): keep one release per data root", path=str(root))
     naming, folders = next(iter(found.items()))
     convention = get_convention(brats_labels).name if brats_labels is not None else naming
-    if convention != naming:
+    if CONVENTIONS[convention].separator != CONVENTIONS[naming].separator:  # 2024 GLI shares 2023's names
         logger.warning("%s: file names follow %s but data.brats_labels reads the labels as %s "
                        "(enhancing tumour = %d)", root, naming, convention, CONVENTIONS[convention].et)
     cases = []
