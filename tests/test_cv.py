@@ -22,8 +22,7 @@ CONFIG = str(REPO / "configs/finetune/cswin_picai_tiny.yaml")
 
 def cv_args(root, output, cache, *extra):
     return ("cv", "--config", CONFIG, "--data.root", str(root), "--data.cache_dir", str(cache),
-            "--data.n_folds", "3", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-            "--output", str(output), *extra)
+            "--data.n_folds", "3", "--trainer.max_epochs", "1", "--output", str(output), *extra)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,17 @@ def cv_run(picai_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("cv")
     result = run_medssl(*cv_args(picai_root, work / "out", work / "cache"), cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
+    (work / "stderr.log").write_text(result.stderr)
     return work
+
+
+def test_a_log_redirected_to_a_file_stays_short(cv_run):
+    """`medssl cv ... 2>log` off a terminal, no progress options given: no progress bars, one status line per
+    epoch, each warning once; three folds and the report in under 50 lines."""
+    lines = (cv_run / "stderr.log").read_text().splitlines()
+    assert 0 < len(lines) < 50, "\n".join(lines)
+    assert not any("\r" in line or "it/s]" in line for line in lines)  # no progress bar redrawn into the file
+    assert max(lines.count(x) for x in lines) <= 3  # at most once per fold, never once per step or per case
 
 
 def test_every_labelled_case_validated_once_in_its_t2w_geometry(cv_run, picai_root):
