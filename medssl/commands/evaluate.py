@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                         default=None,
                         help="segmentation label convention: enhancing tumour 4 (2021), 3 (2023), or 3 with 4 the "
                              "resection cavity, scored in no region (2024-gli); default: read from each map's values")
+    parser.add_argument("--metrics", choices=["monai", "legacy"], default="monai",
+                        help="segmentation: monai (case-wise Dice/HD95, empty regions left out and counted) or legacy "
+                             "(BraTS up to 2021: empty-empty Dice 1/HD95 0, one side empty Dice 0/HD95 373.13 mm)")
     parser.add_argument("--compare", metavar="OTHER_DIR", default=None,
                         help="second predictions folder: paired bootstrap of this minus that on the same cases")
     parser.add_argument("--output", default=None, metavar="OUT",
@@ -85,9 +88,12 @@ def main(argv: list[str]) -> int:
                                                 *(Path(f).parent for f in label_files if isinstance(labels, dict))])
     brats_like = args.layout is not None and LAYOUTS[args.layout].label_kind == "brats"
     task = args.task or ("segmentation" if brats_like else "detection")
+    if args.metrics != "monai" and task != "segmentation":
+        raise ConfigError(f"--metrics {args.metrics} is a BraTS segmentation convention; detection is scored by "
+                          "picai_eval (drop --metrics or give --task segmentation)")
     result = evaluate_predictions(
         args.predictions, labels, task=task, missing=args.missing, label_reference=reference,
-        compare_with=args.compare, brats_labels=args.brats_labels, n_bootstrap=args.bootstrap,
+        compare_with=args.compare, brats_labels=args.brats_labels, metrics=args.metrics, n_bootstrap=args.bootstrap,
         num_parallel_calls=args.workers)
     if args.output is not None:
         write_evaluation_report(args.output, result)

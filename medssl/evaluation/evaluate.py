@@ -196,6 +196,7 @@ def evaluate_predictions(
     label_reference: Mapping[str, PathLike] | None = None,
     compare_with: PathLike | None = None,
     brats_labels: str | None = None,
+    metrics: str = "monai",
     n_bootstrap: int = 1000,
     seed: int = 0,
     num_parallel_calls: int = 1,
@@ -217,6 +218,8 @@ def evaluate_predictions(
         brats_labels: segmentation label convention of every map, ``2021`` (enhancing 4) or ``2023``
             (enhancing 3), refusing a map in the other; None reads each map's own from its values, so a
             2021-style prediction scores against 2023 labels (``medssl.evaluation.segmentation``).
+        metrics: segmentation: ``monai`` (case-wise, empty regions left out) or ``legacy`` (the BraTS legacy
+            empty-region scores); the result names it and says what it does (``segmentation.METRICS``).
         n_bootstrap: resamples for the confidence intervals and the comparison.
         seed: bootstrap seed.
         num_parallel_calls: picai_eval threads.
@@ -240,7 +243,7 @@ def evaluate_predictions(
             raise ConfigError("a paired comparison (compare_with / --compare) is for detection maps only")
         matched = match_predictions(predictions_dir, labels, missing, case_ids)
         result = {"task": task, "predictions": str(predictions_dir),
-                  **_segmentation(matched, label_reference or {}, brats_labels)}
+                  **_segmentation(matched, label_reference or {}, brats_labels, metrics)}
     else:
         metrics, matched = detection_metrics(predictions_dir, labels, missing, case_ids, label_reference,
                                              num_parallel_calls)
@@ -257,9 +260,13 @@ def evaluate_predictions(
     return jsonable(result)
 
 
-def _segmentation(matched: Matched, label_reference: Mapping[str, PathLike], brats_labels: str | None) -> dict:
-    """Dice and HD95 per case and region, and their summary."""
-    from medssl.evaluation.segmentation import REGIONS, label_map_metrics  # torch and MONAI: only for this task
+def _segmentation(matched: Matched, label_reference: Mapping[str, PathLike], brats_labels: str | None,
+                  metrics: str = "monai") -> dict:
+    """Dice and HD95 per case and region, and their summary, under the ``metrics`` convention."""
+    from medssl.evaluation.segmentation import METRICS, REGIONS, label_map_metrics  # torch, MONAI: this task only
+
+    if metrics not in METRICS:
+        raise ConfigError(f"metrics {metrics!r}: choose {' or '.join(METRICS)}")
 
     grids = scoring_grids(matched.maps, matched.labels, label_reference)
     dice: dict[str, list[float]] = {r: [] for r in REGIONS}
@@ -270,13 +277,14 @@ def _segmentation(matched: Matched, label_reference: Mapping[str, PathLike], bra
         label = read_label(label_path, case, grid if case in label_reference else None)
         pred = np.zeros(grid.shape_zyx, np.uint8) if map_path is None else read_label(map_path, case, what="prediction")
         out = label_map_metrics(pred, label, spacing=grid.spacing[::-1], brats_labels=brats_labels, case_id=case,
-                                paths=(map_path, label_path))
+                                paths=(map_path, label_path), metrics=metrics)
         per_case[case] = out
         for r in REGIONS:
             dice[r].append(out["dice"][r])
             hd95[r].append(out["hd95"][r])
     regions = segmentation_summary(dice, hd95)
-    return {"cases": len(per_case), "dice": {r: regions[r]["dice_mean"] for r in REGIONS},
+    return {"cases": len(per_case), "metrics": metrics, "metrics_convention": METRICS[metrics],
+            "dice": {r: regions[r]["dice_mean"] for r in REGIONS},
             "hd95": {r: regions[r]["hd95_mean"] for r in REGIONS}, "regions": regions, "per_case": per_case}
 
 
@@ -298,7 +306,8 @@ def _listed(what: str, cases: Sequence[str]) -> list[str]:
 def format_result(result: Mapping[str, Any]) -> str:
     """A few lines for the console: the metrics with their 95% CIs, what was missing or ignored."""
     if result["task"] == "segmentation":
-        lines = [f"{result['cases']} cases in {result['predictions']} (BraTS regions, mean over cases)"]
+        lines = [f"{result['cases']} cases in {result['predictions']} (BraTS regions, mean over cases; metrics "
+                 f"{result.get('metrics', 'monai')}: {result.get('metrics_convention', '')})"]
         for region, row in result["regions"].items():
             lines.append(f"  {region}: Dice {_fmt(row['dice_mean'])} ± {_fmt(row['dice_std'])}, HD95 "
                          f"{_fmt(row['hd95_mean'], 2)} mm ({row['hd95_undefined']} undefined)")
@@ -325,8 +334,8 @@ def format_result(result: Mapping[str, Any]) -> str:
 def _markdown(result: Mapping[str, Any]) -> str:
     lines = ["# Evaluation", "", f"Predictions: `{result['predictions']}`, {result['cases']} cases.", ""]
     if result["task"] == "segmentation":
-        lines += ["BraTS regions (MONAI Dice and HD95 in mm; undefined cases, e.g. an empty region, are counted and "
-                  "left out of the means).", "",
+        lines += [f"BraTS regions, Dice and HD95 in mm, metrics `{result.get('metrics', 'monai')}`: "
+                  f"{result.get('metrics_convention', '')}", "",
                   "| region | Dice mean ± std | Dice median | HD95 mean ± std | HD95 median | undefined Dice / HD95 |",
                   "|---|---|---|---|---|---|"]
         for region, row in result["regions"].items():

@@ -29,6 +29,16 @@ from medssl.errors import ConfigError, DataError
 from medssl.evaluation.report import segmentation_summary
 
 REGIONS = ("TC", "WT", "ET")
+# What each ``metrics`` convention does with an empty region; the report quotes it beside the numbers.
+METRICS = {
+    "monai": "MONAI's case-wise Dice and HD95: a region empty in the truth has no Dice (a false positive there is "
+             "not scored) and an empty prediction or truth has no HD95; those cases are left out of the means and "
+             "counted as undefined. Comparable with neither the BraTS legacy nor the 2023 lesion-wise numbers.",
+    "legacy": "The BraTS legacy convention (challenges up to 2021): a region empty in both truth and prediction "
+              "scores Dice 1 and HD95 0; empty in one of them, Dice 0 and HD95 373.13 mm (the diagonal of the "
+              "240 x 240 x 155 BraTS volume); every case counts in every region.",
+}
+LEGACY_HD95_PENALTY = 373.13  # mm: sqrt(240^2 + 240^2 + 155^2), the BraTS legacy penalty for an empty side
 
 
 def enhancing_label(
@@ -84,6 +94,7 @@ def label_map_metrics(
     brats_labels: str | None = None,
     case_id: str | None = None,
     paths: tuple[str | None, str | None] = (None, None),
+    metrics: str = "monai",
 ) -> dict[str, Any]:
     """Dice and HD95 per region of one predicted BraTS label map against its label map.
 
@@ -94,6 +105,7 @@ def label_map_metrics(
         brats_labels: the label convention of both maps (see ``enhancing_label``); None reads each map's own.
         case_id: named in errors.
         paths: (prediction, label) files, named in errors.
+        metrics: ``monai`` or ``legacy``: what an empty region scores (``METRICS``).
 
     Returns:
         ``{"dice": {region: float}, "hd95": {region: float}, "enhancing_label": {"prediction": 4, "label": 3}}``
@@ -103,10 +115,20 @@ def label_map_metrics(
         raise DataError(f"prediction shape {pred.shape} differs from the label's {label.shape}", case_id, paths[0])
     et_pred = enhancing_label(np.unique(pred), brats_labels, case_id, paths[0])
     et_label = enhancing_label(np.unique(label), brats_labels, case_id, paths[1])
-    out = region_metrics(torch.from_numpy(brats_regions(pred, et_pred))[None],
-                         torch.from_numpy(brats_regions(label, et_label))[None], spacing)  # [1, 3, D, H, W] each
-    return {"dice": {r: v[0] for r, v in out["dice"].items()}, "hd95": {r: v[0] for r, v in out["hd95"].items()},
-            "enhancing_label": {"prediction": et_pred, "label": et_label}}
+    if metrics not in METRICS:
+        raise ConfigError(f"metrics {metrics!r}: choose {' or '.join(METRICS)}")
+    pred_regions, label_regions = brats_regions(pred, et_pred), brats_regions(label, et_label)  # [3, D, H, W] each
+    out = region_metrics(torch.from_numpy(pred_regions)[None], torch.from_numpy(label_regions)[None], spacing)
+    dice = {r: v[0] for r, v in out["dice"].items()}
+    hd95 = {r: v[0] for r, v in out["hd95"].items()}
+    if metrics == "legacy":  # written out here: MONAI has no option for the BraTS empty-region rules
+        for i, r in enumerate(REGIONS):
+            empty_pred, empty_label = not pred_regions[i].any(), not label_regions[i].any()
+            if empty_pred and empty_label:
+                dice[r], hd95[r] = 1.0, 0.0
+            elif empty_pred or empty_label:
+                dice[r], hd95[r] = 0.0, LEGACY_HD95_PENALTY
+    return {"dice": dice, "hd95": hd95, "enhancing_label": {"prediction": et_pred, "label": et_label}}
 
 
 def region_metrics(

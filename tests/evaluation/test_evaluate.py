@@ -227,3 +227,11 @@ def test_segmentation_dice_equals_hand_computation(tmp_path):
     report = write_evaluation_report(tmp_path / "seg_report", b2023)
     assert [p.name for p in report] == ["evaluation.json", "evaluation.md"]
     assert "| ET |" in (tmp_path / "seg_report" / "evaluation.md").read_text()
+
+
+def test_a_segmentation_metrics_convention_on_detection_maps_is_refused(folders):
+    from medssl.errors import ConfigError
+
+    _, det, labels = folders
+    with pytest.raises(ConfigError, match="--metrics legacy is a BraTS segmentation convention"):
+        main(["--predictions", str(det), "--labels", str(labels), "--metrics", "legacy"])
