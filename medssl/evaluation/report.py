@@ -526,14 +526,9 @@ def segmentation_summary(dice: Mapping[str, Sequence[float]], hd95: Mapping[str,
 def _verdict(row: Mapping[str, Any] | None) -> str:
     """Whether pretraining helped, hurt or made no detectable difference, from the paired CI of the score."""
     row = row or {}
-    diff, ci = row.get("pooled_difference"), row.get("pooled_ci")
-    if diff is None or not ci or None in ci:
-        return "not tested (no paired comparison)"
-    if ci[0] > 0:
-        return "pretraining helped"
-    if ci[1] < 0:
-        return "pretraining hurt"
-    return "no detectable difference"
+    said = verdict(row.get("pooled_ci")) if row.get("pooled_difference") is not None else "undefined"
+    return {"helped": "pretraining helped", "hurt": "pretraining hurt",
+            "undefined": "not tested (no paired comparison)"}.get(said, said)
 
 
 def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, Any],
