@@ -193,13 +193,14 @@ def run_embed(
     clip = meta.clip_percentiles  # as the weights were trained
     data = MRIDataModule(layout=layout, root=str(root), labels_root=labels_root, modalities=list(encoder.modalities),
                          spacing=meta.spacing, spatial_size=meta.spatial_size, cache_dir=None, augmentation=None,
-                         clip_percentiles=clip)
+                         clip_percentiles=clip, normalize=meta.normalize)
     cases = data.discover()
     refuse_output_over_inputs(out, [*data.input_paths(cases), checkpoint])
     transform = case_transform(data.preprocessing(with_labels=False), bool(meta.voxel_aligned))
 
     identity = {"checkpoint_sha256": file_sha256(checkpoint), "pool": pool, "settings": encoder.settings(),
-                "clip_percentiles": clip, "layout": layout, "root": str(Path(root).resolve())}
+                "clip_percentiles": clip, "normalize": meta.normalize, "layout": layout,
+                "root": str(Path(root).resolve())}
     Stamp(out, STAMP).claim(identity, "embeddings", overwrite=overwrite)
     owner = fingerprint(identity)
     rows, computed = [], 0

@@ -144,7 +144,7 @@ def run_probe(
     data = FinetuneDataModule(layout=layout, root=str(root), labels_root=labels_root,
                               modalities=list(pretrained.modalities), spacing=meta.spacing,
                               spatial_size=meta.spatial_size, cache_dir=None, augmentation=None,
-                              clip_percentiles=meta.clip_percentiles)
+                              clip_percentiles=meta.clip_percentiles, normalize=meta.normalize)
     cases = data.discover()
     refuse_output_over_inputs(out, [*data.input_paths(cases), checkpoint])
     y_of = case_labels(cases, labels, data.label_positive)

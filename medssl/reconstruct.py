@@ -184,7 +184,8 @@ def run_reconstruct(
     model.to(run_on).eval()
     data = MRIDataModule(layout=layout, root=str(root), labels_root=labels_root, modalities=list(model.modalities),
                          spacing=meta.spacing, spatial_size=list(model.input_size), cache_dir=None,
-                         augmentation=None, clip_percentiles=meta.clip_percentiles)
+                         augmentation=None, clip_percentiles=meta.clip_percentiles,
+                         normalize=meta.normalize)
     cases = data.discover()
     refuse_output_over_inputs(out_dir, [*data.input_paths(cases), checkpoint])
     prep = data.preprocessing(with_labels=False)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset as TorchDataset
 from medssl.data.cache import SafePersistentDataset
 from medssl.data.layouts import Case, discover, get_layout
 from medssl.data.layouts.brats import OPTIONS as BRATS_OPTIONS
-from medssl.data.preprocess import Preprocessing, preprocessing_for, read_image
+from medssl.data.preprocess import NORMALIZE, Preprocessing, preprocessing_for, read_image
 from medssl.data.splits import default_split_file, load_or_make_folds, training_subset
 from medssl.data.transforms import Augmentation, deterministic_transforms, random_transforms
 from medssl.errors import ConfigError, DataError, MedsslError, find_user_error, one_line
@@ -88,6 +88,9 @@ class MRIDataModule(LightningDataModule):
             (the PI-CAI baseline's ``[0.5, 99.5]``); ``null`` = no clipping.
         voxel_aligned: start the centre crop on a whole voxel, as MONAI's ``CenterSpatialCrop`` (the
             official BM-MAE pipeline); ``false`` centres it exactly (medssl's own runs).
+        normalize: the z-score's voxels, per modality: ``nonzero`` (zeros stay 0; BM-MAE's reference pipeline)
+            or ``all`` (the whole volume, background included, after the clip: the PI-CAI baseline's
+            ``z_score_norm``; the PI-CAI recipes).
         train_fraction: finetuning only: train on this fraction of the fold's training patients (stratified
             by lesion presence, nested across fractions: ``medssl cv --train-fractions``); validation is unchanged.
         train_batches_per_epoch: a fixed step budget: every training epoch draws this many batches, cases drawn
@@ -121,6 +124,7 @@ class MRIDataModule(LightningDataModule):
         brats_labels: str | None = None,
         clip_percentiles: list[float] | None = None,
         voxel_aligned: bool = False,
+        normalize: Literal["nonzero", "all"] = "nonzero",
         train_fraction: float = 1.0,
         train_batches_per_epoch: int | None = None,
         patch_size: list[int] | None = None,
@@ -171,6 +175,9 @@ class MRIDataModule(LightningDataModule):
                               f"got {clip_percentiles}")
         self.clip_percentiles = tuple(clip_percentiles) if clip_percentiles else None
         self.voxel_aligned = voxel_aligned
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"data.normalize {normalize!r}: choose {' or '.join(NORMALIZE)}")
+        self.normalize = str(normalize)
         if not 0 < train_fraction <= 1:
             raise ConfigError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = float(train_fraction)
@@ -205,7 +212,7 @@ class MRIDataModule(LightningDataModule):
 
     def preprocessing(self, with_labels: bool) -> Preprocessing:
         return preprocessing_for(self.layout, self.modalities, with_labels, self.task, self.spacing,
-                                 self.spatial_size, self.clip_percentiles, self.voxel_aligned)
+                                 self.spatial_size, self.clip_percentiles, self.voxel_aligned, self.normalize)
 
     def dataset_key(self) -> str:
         """Identifies the data source (not the preprocessing) for default split and cache files."""

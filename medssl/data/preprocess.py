@@ -31,6 +31,7 @@ from medssl.errors import DataError, one_line
 # 2: items carry their reference image's path; 3: incomplete files, impossible geometry and modalities off the
 # target grid are refused (a cache built from a cut file must not be reused); 4: items carry their label convention
 PREPROCESS_VERSION = 4
+NORMALIZE = ("nonzero", "all")  # data.normalize: the z-score's voxels (Preprocessing.normalize)
 MAX_CASE_BYTES = 16 * 2**30  # one preprocessed case larger than this is a spacing mistake, not data
 
 
@@ -51,6 +52,9 @@ class Preprocessing:
         voxel_aligned: start the centre crop on a whole voxel as MONAI's ``CenterSpatialCrop`` does
             (``Grid.centred_subgrid``), where the spacing is the reference's: the official BM-MAE pipeline's
             crop. medssl's own runs crop at the exact centre (``False``).
+        normalize: the z-score's voxels, per modality: ``nonzero`` (mean and std of the non-zero voxels, zeros
+            stay 0: BM-MAE's reference pipeline, MONAI's ``nonzero=True``) or ``all`` (every voxel of the volume,
+            background included: the PI-CAI baseline's ``z_score_norm``).
     """
 
     modalities: tuple[str, ...]
@@ -62,9 +66,13 @@ class Preprocessing:
     label_values: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     clip_percentiles: tuple[float, float] | None = None
     voxel_aligned: bool = False
+    normalize: str = "nonzero"
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": PREPROCESS_VERSION}, sort_keys=True)
+        settings = asdict(self)
+        if settings["normalize"] == "nonzero":  # the setting older caches were made with: their keys stay valid
+            del settings["normalize"]
+        blob = json.dumps({**settings, "version": PREPROCESS_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -77,6 +85,7 @@ def preprocessing_for(
     spatial_size: tuple[int, int, int] | None = None,
     clip_percentiles: tuple[float, float] | None = None,
     voxel_aligned: bool = False,
+    normalize: str = "nonzero",
 ) -> Preprocessing:
     """The preprocessing settings of a layout (``medssl.data.layouts.LAYOUTS``): its reference grid, its label
     values (BraTS: each case's own convention is checked in ``check_label``) and the label encoding."""
@@ -84,7 +93,7 @@ def preprocessing_for(
     label_mode = ("brats_regions" if task == "segmentation" else "binary") if with_labels else "none"
     return Preprocessing(tuple(modalities), entry.reference_for(modalities), entry.reference_required, spacing,
                          spatial_size, label_mode, entry.label_values,
-                         tuple(clip_percentiles) if clip_percentiles else None, voxel_aligned)
+                         tuple(clip_percentiles) if clip_percentiles else None, voxel_aligned, normalize)
 
 
 def _read_dicom_series(folder: str, case_id: str | None) -> sitk.Image:

@@ -17,19 +17,19 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     NormalizeIntensityd,
-    RandAdjustContrastd,
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
-    RandGaussianSmoothd,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
-    RandSimulateLowResolutiond,
     RandSpatialCropd,
-    RandZoomd,
     Transform,
+    Zoomd,
 )
+from scipy.ndimage import gaussian_filter
+from skimage.transform import resize
 
 from medssl.data.layouts import Case
 from medssl.data.preprocess import Preprocessing, load_case
@@ -46,21 +46,33 @@ class Augmentation:
         rotate_deg: in-plane rotation range (+-), applied with ``affine_prob``.
         zoom: scale range (+-), applied with ``affine_prob``.
         affine_prob: probability of the in-plane rotation/zoom.
-        intensity_scale: +- relative intensity scale (after z-scoring): brightness.
+        intensity_scale: +- relative intensity scale (after z-scoring): multiplicative brightness, one factor per
+            channel, applied with ``intensity_prob``.
         intensity_shift: +- intensity shift in standard deviations.
         noise_std: Gaussian noise standard deviation (0 = off), applied with ``noise_prob``.
         noise_prob: probability of the Gaussian noise.
         rotate_all_axes: rotate about all three axes by +- ``rotate_deg`` (nnU-Net), not only in-plane.
-        scale_range: isotropic scaling ``[min, max]`` (nnU-Net: 0.7-1.4), applied with ``scale_prob``.
+        scale_range: isotropic scaling ``[min, max]`` (nnU-Net: 0.7-1.4, drawn as nnU-Net draws it:
+            ``RandIsotropicScaled``), applied with ``scale_prob``.
         scale_prob: probability of the scaling.
-        blur_sigma: Gaussian blur sigma range ``[min, max]`` in voxels, applied with ``blur_prob``.
+        blur_sigma: Gaussian blur sigma range ``[min, max]`` in voxels (one isotropic sigma per channel), applied
+            with ``blur_prob`` per sample and ``blur_prob_per_channel`` per channel.
         blur_prob: probability of the blur.
         contrast_range: contrast factor range ``[min, max]`` around each channel's mean (``contrast_prob``).
         contrast_prob: probability of the contrast change.
-        lowres_range: low-resolution simulation zoom ``[min, max]`` (``lowres_prob``).
+        lowres_range: low-resolution simulation zoom ``[min, max]`` (one per channel; ``lowres_prob`` per sample,
+            ``lowres_prob_per_channel`` per channel): nearest-neighbour down, cubic back up.
         lowres_prob: probability of the low-resolution simulation.
-        gamma_range: gamma range ``[min, max]`` (``gamma_prob``).
+        gamma_range: gamma range ``[min, max]``: per channel, half the draws below 1 and half above (nnU-Net's),
+            the channel's mean and standard deviation kept.
         gamma_prob: probability of the gamma change.
+        intensity_prob: probability of the multiplicative brightness (1: every sample).
+        blur_prob_per_channel: probability that a blurred sample's channel is blurred.
+        lowres_prob_per_channel: likewise for the low-resolution simulation.
+        inverted_gamma_prob: probability of the gamma change on the inverted image (``gamma_range``).
+
+    The order is the PI-CAI baseline's (nnU-Net's): crop, rotation, scaling, noise, blur, brightness, shift,
+    contrast, low resolution, inverted gamma, gamma, mirroring.
 
     Every option beyond the first eight is off by default; the PI-CAI recipes turn on the
     nnU-Net-style set (``configs/finetune/cswin_picai.yaml`` names its values and source).
@@ -86,6 +98,10 @@ class Augmentation:
     lowres_prob: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.5)
     gamma_prob: float = 0.0
+    intensity_prob: float = 1.0
+    blur_prob_per_channel: float = 1.0
+    lowres_prob_per_channel: float = 1.0
+    inverted_gamma_prob: float = 0.0
 
 
 class LoadCased(Transform):
@@ -109,15 +125,22 @@ class ZeroMissingd(MapTransform):
         return d
 
 
-def deterministic_transforms(prep: Preprocessing) -> Compose:
-    """Read, resample, z-score over non-zero voxels per modality; cached on disk by the dataset."""
-    keys = ["image", "label"] if prep.label_mode != "none" else ["image"]
+def normalisation(prep: Preprocessing) -> Compose:
+    """Per modality: clip to ``prep.clip_percentiles`` (percentiles over all voxels), then z-score over the non-zero
+    voxels (``prep.normalize: nonzero``, zeros stay 0) or over all of them (``all``: picai_baseline's
+    ``z_score_norm``, the population standard deviation, background included)."""
     clip = ([ClipIntensityPercentilesd(keys="image", lower=prep.clip_percentiles[0], upper=prep.clip_percentiles[1],
                                        channel_wise=True)] if prep.clip_percentiles else [])
+    return Compose([*clip, NormalizeIntensityd(keys="image", nonzero=prep.normalize == "nonzero", channel_wise=True)])
+
+
+def deterministic_transforms(prep: Preprocessing) -> Compose:
+    """Read, resample, clip (optional) and z-score per modality (``normalisation``); cached on disk by the
+    dataset."""
+    keys = ["image", "label"] if prep.label_mode != "none" else ["image"]
     return Compose([
         LoadCased(prep),
-        *clip,  # the PI-CAI baseline clips each modality to its 0.5-99.5th percentile before the z-score
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+        normalisation(prep),
         EnsureTyped(keys=keys, track_meta=False, allow_missing_keys=True),
         EnsureTyped(keys="grid", track_meta=False, dtype=torch.float64),
     ])
@@ -139,6 +162,109 @@ class CropFitsd(Transform):
         return data
 
 
+class RandIsotropicScaled(RandomizableTransform, MapTransform):
+    """nnU-Net's scaling (batchgenerators' ``augment_spatial``, ``independent_scale_for_each_axis`` off), as the PI-CAI
+    baseline applies it: a factor ``sc`` drawn half the time in ``[low, 1)`` and half in ``[1, high]``, the image
+    sampled at ``sc`` times the distance from the centre, so its content shrinks by ``sc`` (a zoom of ``1 / sc``,
+    same size out). MONAI's ``RandZoomd`` draws the zoom itself uniformly, a different distribution; the zoom is
+    MONAI's ``Zoomd``.
+
+    Args:
+        scale_range: ``[low, high]`` of ``sc``.
+        prob: per sample.
+        modes: interpolation per key.
+    """
+
+    def __init__(self, keys: Any, scale_range: tuple[float, float], prob: float, modes: list[str],
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.scale_range, self.modes = tuple(float(v) for v in scale_range), list(modes)
+        self.factor = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        low, high = self.scale_range
+        if self.R.uniform() < 0.5 and low < 1:
+            self.factor = float(self.R.uniform(low, 1))
+        else:
+            self.factor = float(self.R.uniform(max(low, 1), high))
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.randomize()
+        if not self._do_transform:
+            return dict(data)
+        keys = [k for k in self.keys if k in data]
+        modes = [m for k, m in zip(self.keys, self.modes) if k in data]
+        return Zoomd(keys=keys, zoom=1.0 / self.factor, mode=modes, padding_mode="constant", keep_size=True)(data)
+
+
+class PerChannelIntensityd(RandomizableTransform, MapTransform):
+    """One of nnU-Net's per-channel intensity augmentations (batchgenerators' ``augment_gaussian_blur``,
+    ``augment_linear_downsampling_scipy``, ``augment_gamma``), as the PI-CAI baseline applies them: with ``prob``
+    per sample, then each channel with ``prob_per_channel`` and its own random parameter.
+
+    Written here because MONAI's counterparts differ in what the baseline's recipe fixes: one parameter for all
+    channels, no per-channel probability, blur sigmas drawn per axis, trilinear (not cubic) upsampling, gamma drawn
+    uniformly over its range with the statistics of all channels together, and no inverted gamma.
+    ``tests/data/test_augmentation_reference.py`` runs batchgenerators' own functions on the same arrays.
+
+    Args:
+        op: ``blur`` (sigma in voxels), ``lowres`` (zoom), ``gamma`` or ``inverted_gamma``.
+        value_range: ``[min, max]`` of the op's parameter.
+        prob: per sample.
+        prob_per_channel: per channel of a sample the op is applied to.
+    """
+
+    OPS = ("blur", "lowres", "gamma", "inverted_gamma")
+
+    def __init__(self, keys: Any, op: str, value_range: tuple[float, float], prob: float,
+                 prob_per_channel: float = 1.0) -> None:
+        if op not in self.OPS:
+            raise ValueError(f"op {op!r}: one of {self.OPS}")
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.op, self.value_range, self.prob_per_channel = op, tuple(float(v) for v in value_range), prob_per_channel
+
+    def _gamma(self) -> float:
+        low, high = self.value_range  # nnU-Net: half the draws in [low, 1), half in [1, high]
+        if self.R.uniform() < 0.5 and low < 1:
+            return float(self.R.uniform(low, 1))
+        return float(self.R.uniform(max(low, 1), high))
+
+    def _channel(self, x: np.ndarray) -> np.ndarray:
+        if self.op == "blur":
+            return gaussian_filter(x, float(self.R.uniform(*self.value_range)), order=0)
+        if self.op == "lowres":
+            zoom = float(self.R.uniform(*self.value_range))
+            small = resize(x.astype(np.float64), np.round(np.array(x.shape) * zoom).astype(int), order=0,
+                           mode="edge", anti_aliasing=False)
+            return resize(small, x.shape, order=3, mode="edge", anti_aliasing=False)
+        sign = -1.0 if self.op == "inverted_gamma" else 1.0
+        x = sign * x.astype(np.float64)
+        mean, std = x.mean(), x.std()
+        low, span = x.min(), x.max() - x.min()
+        x = np.power((x - low) / (span + 1e-7), self._gamma()) * (span + 1e-7) + low
+        x = (x - x.mean()) / (x.std() + 1e-8) * std + mean
+        return sign * x
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            array = np.array(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+            for c in range(array.shape[0]):
+                if self.R.uniform() < self.prob_per_channel:
+                    array[c] = self._channel(array[c])
+            d[key] = torch.as_tensor(array) if isinstance(image, torch.Tensor) else array
+        return d
+
+
 def random_transforms(aug: Augmentation | None, patch_size: tuple[int, ...] | None, has_label: bool) -> Compose:
     """Training-time augmentation and random crop; image and label share each draw."""
     keys = ["image", "label"] if has_label else ["image"]
@@ -148,8 +274,6 @@ def random_transforms(aug: Augmentation | None, patch_size: tuple[int, ...] | No
         steps.append(CropFitsd(patch_size))
         steps.append(RandSpatialCropd(keys=keys, roi_size=patch_size, random_size=False, allow_missing_keys=True))
     if aug is not None:
-        for axis in aug.flip_axes:
-            steps.append(RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=axis, allow_missing_keys=True))
         if aug.affine_prob > 0:
             angle = np.deg2rad(aug.rotate_deg)
             steps.append(RandAffined(keys=keys, prob=aug.affine_prob,
@@ -157,27 +281,31 @@ def random_transforms(aug: Augmentation | None, patch_size: tuple[int, ...] | No
                                      scale_range=(0, aug.zoom, aug.zoom), mode=modes, padding_mode="zeros",
                                      allow_missing_keys=True))
         if aug.scale_range is not None and aug.scale_prob > 0:
-            steps.append(RandZoomd(keys=keys, prob=aug.scale_prob, min_zoom=aug.scale_range[0],
-                                   max_zoom=aug.scale_range[1], mode=["trilinear", "nearest"][: len(keys)],
-                                   padding_mode="constant", keep_size=True, allow_missing_keys=True))
-        if aug.intensity_scale > 0:
-            steps.append(RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=1.0, channel_wise=True))
-        if aug.intensity_shift > 0:
-            steps.append(RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0, channel_wise=True))
+            steps.append(RandIsotropicScaled(keys=keys, scale_range=aug.scale_range, prob=aug.scale_prob,
+                                             modes=["trilinear", "nearest"][: len(keys)], allow_missing_keys=True))
         if aug.noise_std > 0:
             steps.append(RandGaussianNoised(keys="image", prob=aug.noise_prob, std=aug.noise_std))
         if aug.blur_prob > 0:
-            steps.append(RandGaussianSmoothd(keys="image", sigma_x=aug.blur_sigma, sigma_y=aug.blur_sigma,
-                                             sigma_z=aug.blur_sigma, prob=aug.blur_prob))
+            steps.append(PerChannelIntensityd("image", "blur", aug.blur_sigma, aug.blur_prob,
+                                              aug.blur_prob_per_channel))
+        if aug.intensity_scale > 0:
+            steps.append(RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=aug.intensity_prob,
+                                             channel_wise=True))
+        if aug.intensity_shift > 0:
+            steps.append(RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=1.0, channel_wise=True))
         if aug.contrast_prob > 0:
             low, high = aug.contrast_range
             steps.append(RandScaleIntensityFixedMeand(keys="image", factors=(low - 1, high - 1), preserve_range=True,
                                                       prob=aug.contrast_prob, channel_wise=True))
         if aug.lowres_prob > 0:
-            steps.append(RandSimulateLowResolutiond(keys="image", prob=aug.lowres_prob, zoom_range=aug.lowres_range))
+            steps.append(PerChannelIntensityd("image", "lowres", aug.lowres_range, aug.lowres_prob,
+                                              aug.lowres_prob_per_channel))
+        if aug.inverted_gamma_prob > 0:
+            steps.append(PerChannelIntensityd("image", "inverted_gamma", aug.gamma_range, aug.inverted_gamma_prob))
         if aug.gamma_prob > 0:
-            steps.append(RandAdjustContrastd(keys="image", prob=aug.gamma_prob, gamma=aug.gamma_range,
-                                             retain_stats=True))
+            steps.append(PerChannelIntensityd("image", "gamma", aug.gamma_range, aug.gamma_prob))
+        for axis in aug.flip_axes:
+            steps.append(RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=axis, allow_missing_keys=True))
         steps.append(ZeroMissingd(keys="image"))
     steps.append(EnsureTyped(keys=keys, track_meta=False, allow_missing_keys=True))
     return Compose(steps)

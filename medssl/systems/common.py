@@ -93,9 +93,17 @@ def write_pretext(module: LightningModule, metrics: dict[str, Any]) -> Path | No
 
     if module._trainer is None or module.trainer.sanity_checking:
         return None
-    for name, value in metrics.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            module.log(f"pretext/{name}", float(value), sync_dist=False)
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if module.trainer.world_size > 1 and torch.distributed.is_initialized():
+        # each rank scored its share (equal shares: DistributedSampler pads them), maybe not every metric (BM-MAE:
+        # the modalities its cases hold): one gather of the dicts, then each metric's mean over the ranks with it
+        gathered: list[Any] = [None] * module.trainer.world_size
+        torch.distributed.all_gather_object(gathered, numbers)
+        names = sorted({k for g in gathered for k in g})
+        numbers = {k: float(np.mean([g[k] for g in gathered if k in g])) for k in names}
+        metrics = {**metrics, **numbers}
+    for name, value in numbers.items():
+        module.log(f"pretext/{name}", value, sync_dist=True)  # equal on every rank by now: the mean keeps it
     if not module.trainer.is_global_zero:
         return None
     callback = module.trainer.checkpoint_callback
@@ -142,7 +150,7 @@ def data_metadata(module: LightningModule) -> dict[str, Any]:
         "modalities": list(dm.modalities),
         "spacing": list(dm.spacing) if dm.spacing else None,
         "spatial_size": list(dm.spatial_size) if dm.spatial_size else None,
-        "normalisation": "z-score over non-zero voxels, per modality",
+        "normalisation": getattr(dm, "normalize", "nonzero"),
         "clip_percentiles": list(dm.clip_percentiles) if getattr(dm, "clip_percentiles", None) else None,
         "voxel_aligned": bool(getattr(dm, "voxel_aligned", False)),
         "train_case_ids": [c.case_id for c in dm.train_cases],

@@ -5,7 +5,7 @@
 
     {"models": [{"checkpoint": path, "sha256": hex}, ...], "checkpoint": the first model's path,
      "root", "layout", "modalities", "spacing", "spatial_size", "clip_percentiles", "voxel_aligned",
-     "roi_size", "tta_flip", "task",
+     "normalize", "roi_size", "tta_flip", "task",
      "cases": {case_id: {"path", "reference", "case_score" | "voxels" + "label_values"}},
      "skipped": {case_id: reason}}
 """
@@ -30,7 +30,8 @@ def prediction_settings(system, dm) -> dict[str, Any]:
     return {"root": str(dm.root), "layout": dm.layout, "modalities": list(dm.modalities),
             "spacing": dm.spacing and list(dm.spacing), "spatial_size": dm.spatial_size and list(dm.spatial_size),
             "clip_percentiles": dm.clip_percentiles and list(dm.clip_percentiles), "voxel_aligned": dm.voxel_aligned,
-            "roi_size": system.hparams.roi_size, "tta_flip": system.hparams.tta_flip, "task": system.task}
+            "normalize": getattr(dm, "normalize", "nonzero"), "roi_size": system.hparams.roi_size,
+            "tta_flip": system.hparams.tta_flip, "task": system.task}
 
 
 def prediction_record(checkpoints: list[str | Path], settings: dict[str, Any]) -> dict[str, Any]:

@@ -56,8 +56,8 @@ def sniff(checkpoint: Mapping[str, Any], state: Mapping[str, Tensor]) -> Checkpo
     state dict (medssl's own order, ``zyx``)."""
     if is_official(checkpoint):
         return CheckpointMeta(architecture="bmmae", net="BMMAE", kind="official", axis_order="xyz",
-                              spacing=list(REFERENCE_SPACING), voxel_aligned=True, normalisation="z-score over "
-                              "non-zero voxels, per modality (the reference pipeline's NormalizeIntensityd)")
+                              spacing=list(REFERENCE_SPACING), voxel_aligned=True,
+                              normalisation="nonzero")  # the reference pipeline's NormalizeIntensityd(nonzero=True)
     keys = {strip_prefixes(k, (*WRAPPER_PREFIXES, "encoder.")) for k in state}
     if "cls_token" in keys and any(k.startswith("tokenizers.") for k in keys):
         return CheckpointMeta(architecture="bmmae", net="BMMAE", kind="pretraining", axis_order="zyx")

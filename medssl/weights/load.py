@@ -150,6 +150,8 @@ def _complete(meta: CheckpointMeta, config: Mapping | None) -> CheckpointMeta:
         recorded_none = key == "clip_percentiles" and key in meta.recorded  # recorded as none: trained unclipped
         if getattr(meta, key) is None and not recorded_none and data.get(key) is not None:
             setattr(meta, key, data[key])
+    if meta.normalisation is None and data.get("normalize") is not None:
+        meta.normalisation = str(data["normalize"])
     if meta.modalities is None and meta.layout in LAYOUTS and LAYOUTS[meta.layout].modalities:
         meta.modalities = list(LAYOUTS[meta.layout].modalities)
     if meta.net is not None and meta.architecture is None:

@@ -110,6 +110,12 @@ class CheckpointMeta:
         loaded = yaml.safe_load(self.config)
         return loaded if isinstance(loaded, dict) else None
 
+    @property
+    def normalize(self) -> str:
+        """The ``data.normalize`` the weights were trained with: ``nonzero`` or ``all`` (weights that do not say,
+        and the descriptive text earlier versions wrote, are ``nonzero``: the only z-score medssl had then)."""
+        return "all" if self.normalisation == "all" else "nonzero"
+
     # -- writing ------------------------------------------------------------------------------------------
     def to_entry(self) -> dict[str, Any]:
         """The ``medssl`` entry to store in a checkpoint (plain values only: it is read with weights_only)."""
@@ -141,6 +147,10 @@ class CheckpointMeta:
         if self.clip_percentiles is None and "clip_percentiles" in self.recorded and clip is not None:
             raise ConfigError(f"data.clip_percentiles is {list(clip)} but {name} was trained without clipping; set "
                               "--data.clip_percentiles null")
+        normalize = str(getattr(data, "normalize", "nonzero"))
+        if normalize != self.normalize:
+            raise ConfigError(f"data.normalize is {normalize} but {name} was trained with {self.normalize}; set "
+                              f"--data.normalize {self.normalize}")
         ours = {"modalities": data.modalities, "spacing": data.spacing, "spatial_size": data.spatial_size,
                 "clip_percentiles": clip}
         for key, value in ours.items():
