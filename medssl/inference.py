@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from medssl.data.geometry import Grid, write_like
 from medssl.errors import ConfigError, DataError, find_user_error, one_line
@@ -36,7 +37,7 @@ from medssl.systems.writer import prediction_record, prediction_settings
 logger = logging.getLogger(__name__)
 
 # Settings the models of an ensemble must share: they then share one preprocessing.
-SHARED = ("modalities", "spacing", "spatial_size", "clip_percentiles", "voxel_aligned", "task")
+SHARED = ("modalities", "spacing", "spatial_size", "clip_percentiles", "voxel_aligned", "normalize", "task")
 
 
 def ensemble_probability(systems: Sequence[Any], item: dict[str, Any]) -> np.ndarray:
@@ -59,9 +60,34 @@ def _check_same(loaded: list) -> None:
                                   f"{other.checkpoint} has {theirs[key]}; an ensemble needs one preprocessing")
 
 
+def present_channels(modalities: Sequence[str], present: Sequence[str] | None) -> list[bool] | None:
+    """Which channels of ``modalities`` a model is shown (``run_infer``'s ``present``); None: all of them."""
+    if present is None:
+        return None
+    unknown = [m for m in present if m not in modalities]
+    if unknown or not present or len(set(present)) != len(present):
+        raise ConfigError(f"modalities {list(present)}: give a non-empty subset of the models' modalities "
+                          f"{list(modalities)}, each once")
+    return [m in present for m in modalities]
+
+
+def shown(item: dict[str, Any], keep: list[bool] | None) -> dict[str, Any]:
+    """A preprocessed case with the channels not kept zeroed and masked out: what a case without them is."""
+    if keep is None:
+        return item
+    image = torch.as_tensor(item["image"]).clone()
+    mask = torch.as_tensor(item["modality_mask"], dtype=torch.bool).clone()
+    for c, kept in enumerate(keep):
+        if not kept:
+            image[c] = 0
+            mask[c] = False
+    return {**item, "image": image, "modality_mask": mask}
+
+
 def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: list[str] | None = None,
               overrides: dict[str, Any] | None = None, overwrite: bool = False, progress=None,
-              device: str = "auto") -> dict[str, Any]:
+              device: str = "auto", present: Sequence[str] | None = None,
+              case_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict every case under ``data.root`` with one model or the mean of several; returns ``predictions.json``.
 
     Args:
@@ -72,6 +98,10 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
         overwrite: redo a folder another model or other settings wrote.
         progress: an iterable wrapper (e.g. a progress bar) over the cases.
         device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        present: the modalities the models are shown (the others as if the case lacked them: zero channels,
+            masked out), for the missing-modality table (``medssl.subsets``); None: every modality a case has.
+            The maps stay on each case's own grid.
+        case_ids: predict only these cases of the data (None: every case).
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -82,7 +112,14 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
     _check_same(loaded)
     main = loaded[0]
     systems, dm, trainer, cases = [m.system for m in loaded], main.datamodule, main.trainer, main.cases
-    record = prediction_record([m.checkpoint for m in loaded], prediction_settings(main.system, dm))
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - {c.case_id for c in cases})
+        if unknown:
+            raise ConfigError(f"case(s) {', '.join(unknown[:5])} are not in {dm.root}")
+        cases = [c for c in cases if c.case_id in set(case_ids)]
+    keep = present_channels(dm.modalities, present)
+    record = prediction_record([m.checkpoint for m in loaded], {**prediction_settings(main.system, dm),
+                                                                **({"present": list(present)} if present else {})})
     settings = {k: v for k, v in record.items() if k not in ("models", "checkpoint", "cases", "skipped")}
     refuse_output_over_inputs(output, [*dm.input_paths(cases), *(m.checkpoint for m in loaded)])
     output.mkdir(parents=True, exist_ok=True)
@@ -112,7 +149,7 @@ def run_infer(checkpoints: Sequence[str | Path], output: str | Path, configs: li
             try:
                 if ref_path is None:
                     raise DataError(f"none of the reference modalities {list(reference)}", case.case_id)
-                item = dataset[i]
+                item = shown(dataset[i], keep)
             except Exception as e:  # MONAI wraps the reader's error; keep ours, re-raise anything else
                 user_error = find_user_error(e)
                 if user_error is None:

@@ -2,6 +2,9 @@
 
     medssl evaluate --predictions DIR (--labels LABELS | --layout picai --data.root ROOT [--data.labels_root L])
         [--task detection|segmentation] [--missing error|empty] [--compare OTHER_DIR] [--output OUT] [--json]
+    medssl evaluate --checkpoint C [C ...] --modality-subsets all|a+b,c --layout L --data.root ROOT --output OUT
+
+The second form is the missing-modality table (``medssl.subsets``).
 
 All logic is in ``medssl.evaluation.evaluate``; this module parses, calls it and prints.
 """
@@ -21,8 +24,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Score <case_id>.nii.gz (or .mha) maps against labels: detection maps with picai_eval "
                     "(AUROC, AP, PI-CAI score, FROC, 95% bootstrap CIs), BraTS label maps with Dice and HD95 "
                     "per region (TC, WT, ET).")
-    parser.add_argument("--predictions", required=True, metavar="DIR",
-                        help="folder of <case_id>.nii.gz maps (medssl infer's OUT)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", metavar="DIR", help="folder of <case_id>.nii.gz maps (medssl infer's OUT)")
+    source.add_argument("--checkpoint", nargs="+", metavar="C",
+                        help="with --modality-subsets: finetuned checkpoint(s) (several: their mean) to predict the "
+                             "labelled cases with, once per subset of their modalities")
+    parser.add_argument("--modality-subsets", dest="modality_subsets", metavar="SPEC", default=None,
+                        help="all (every non-empty subset of the checkpoint's modalities: 15 for BraTS, 7 for "
+                             "bpMRI) or subsets such as t2w+adc,adc; one row each, the same cases in every row: "
+                             "modality_subsets.{json,md,png} in --output, each subset's maps in OUT/subsets/")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="with --checkpoint: auto (a GPU when there is one), cpu or cuda")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --checkpoint: redo subset folders other models or settings wrote")
     labels = parser.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", metavar="LABELS",
                         help="folder of <case_id>.nii.gz label maps (e.g. picai_labels/csPCa_lesion_delineations/"
@@ -72,6 +86,8 @@ def main(argv: list[str]) -> int:
     for name in ("bootstrap", "workers"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)}: give 1 or more")
+    if args.checkpoint is not None or args.modality_subsets is not None:
+        return _subsets(args)
     reference = None
     if args.layout is not None:
         if args.root is None:
@@ -101,4 +117,32 @@ def main(argv: list[str]) -> int:
     if args.output is not None and not args.json:
         plots = ", roc.png, pr.png, froc.png" if task == "detection" else ""
         print(f"wrote {args.output}: evaluation.json, evaluation.md{plots}")
+    return 0
+
+
+def _subsets(args: argparse.Namespace) -> int:
+    """``--checkpoint C --modality-subsets SPEC``: the missing-modality table."""
+    from medssl.errors import ConfigError
+
+    if args.checkpoint is None or args.modality_subsets is None:
+        raise ConfigError("--modality-subsets and --checkpoint go together (to score maps already written, give "
+                          "--predictions without --modality-subsets)")
+    if args.layout is None or args.root is None or args.output is None:
+        raise ConfigError("--modality-subsets needs --layout, --data.root (the labelled cases to predict) and "
+                          "--output (the table and each subset's maps)")
+    for option in ("compare", "labels", "task"):
+        if getattr(args, option) is not None:
+            raise ConfigError(f"--{option} does not go with --modality-subsets (the labels are found under "
+                              "--data.root; the task is the checkpoint's)")
+    from medssl.progress import progress, quiet_lightning
+    from medssl.subsets import evaluate_subsets, format_subsets
+
+    quiet_lightning(False)
+    report = evaluate_subsets(args.checkpoint, args.output, args.layout, args.root, args.labels_root,
+                              args.label_source, args.modality_subsets, args.metrics, args.brats_labels,
+                              args.bootstrap, args.overwrite, args.device,
+                              progress=lambda cases: progress(cases, "medssl evaluate"))
+    print(json.dumps(report) if args.json else format_subsets(report))
+    if not args.json:
+        print(f"wrote {args.output}: modality_subsets.json, modality_subsets.md, modality_subsets.png")
     return 0
