@@ -56,9 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                         default=None,
                         help="segmentation label convention: enhancing tumour 4 (2021), 3 (2023), or 3 with 4 the "
                              "resection cavity, scored in no region (2024-gli); default: read from each map's values")
-    parser.add_argument("--metrics", choices=["monai", "legacy"], default="monai",
-                        help="segmentation: monai (case-wise Dice/HD95, empty regions left out and counted) or legacy "
-                             "(BraTS up to 2021: empty-empty Dice 1/HD95 0, one side empty Dice 0/HD95 373.13 mm)")
+    parser.add_argument("--metrics", choices=["monai", "legacy", "brats2023"], default="monai",
+                        help="segmentation: monai (case-wise Dice/HD95, empty regions left out and counted), legacy "
+                             "(BraTS up to 2021: empty-empty Dice 1/HD95 0, one side empty Dice 0/HD95 373.13 mm) or "
+                             "brats2023 (BraTS 2023+ lesion-wise Dice/HD95, as the official BraTS-2023-Metrics code)")
     parser.add_argument("--compare", metavar="OTHER_DIR", default=None,
                         help="second predictions folder: paired bootstrap of this minus that on the same cases")
     parser.add_argument("--output", default=None, metavar="OUT",

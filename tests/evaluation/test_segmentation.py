@@ -52,7 +52,7 @@ def test_monai_and_legacy_conventions_score_empty_regions_as_each_says():
     side empty 0 / 373.13 mm; both agree where both sides hold the region."""
     from medssl.evaluation.segmentation import LEGACY_HD95_PENALTY, METRICS, label_map_metrics
 
-    assert set(METRICS) == {"monai", "legacy"} and LEGACY_HD95_PENALTY == pytest.approx((240**2 + 240**2 + 155**2)
+    assert set(METRICS) == {"monai", "legacy", "brats2023"} and LEGACY_HD95_PENALTY == pytest.approx((240**2 + 240**2 + 155**2)
                                                                                           ** 0.5, abs=0.01)
     expected_legacy = {"both_empty": (1.0, 0.0), "false_positive": (0.0, LEGACY_HD95_PENALTY),
                        "missed": (0.0, LEGACY_HD95_PENALTY), "hit": (1.0, 0.0)}
@@ -91,5 +91,5 @@ def test_evaluate_names_the_convention_and_the_two_give_different_labelled_numbe
     assert out["legacy"]["dice"]["ET"] == pytest.approx(0.5)  # (1 + 0 + 0 + 1) / 4
     assert out["legacy"]["hd95"]["ET"] == pytest.approx(2 * 373.13 / 4) and out["monai"]["hd95"]["ET"] == 0.0
     assert "metrics legacy" in format_result(out["legacy"])
-    with pytest.raises(ConfigError, match="monai or legacy"):
-        evaluate_predictions(preds, labels, task="segmentation", metrics="brats2023")
+    with pytest.raises(ConfigError, match="monai or legacy or brats2023"):
+        evaluate_predictions(preds, labels, task="segmentation", metrics="brats2024")
