@@ -40,13 +40,14 @@ from medssl.evaluation.report import (
     write_label_efficiency,
     write_seeds_report,
 )
+from medssl.evaluation.seg_cv import score_segmentation_folds, write_segmentation_cv_report
 from medssl.folders import CvOutput, FoldJob, Run
 from medssl.io import read_json, refuse_output_over_inputs, safe_child, write_json, write_text
 from medssl.pool import FoldPool, worker_command
 from medssl.progress import eta
 from medssl.records import Stamp, device_name, file_sha256, fingerprint, versions
 from medssl.runs import build, computation_config, merge
-from medssl.systems.finetune import DenseSystem, DetectionSystem
+from medssl.systems.finetune import DenseSystem
 from medssl.weights import check_finite
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
     """Finetune and predict one fold; returns (and saves) its result record."""
     built = build(config, fold_overrides(job, split_file, quiet=not verbose))
     system, dm, trainer = built.system, built.datamodule, built.trainer
-    if not isinstance(system, DetectionSystem):
-        raise ConfigError("medssl cv needs a detection system: set model.class_path to "
-                          "medssl.systems.finetune.DetectionSystem")
+    if not isinstance(system, DenseSystem):
+        raise ConfigError("medssl cv needs a finetuning system: set model.class_path to "
+                          "medssl.systems.finetune.DetectionSystem or SegmentationSystem")
     best = _checkpoint_callback(trainer, job)
     trainer.callbacks.append(FoldStatus(job))
     last = Run(job.fold_dir).last
@@ -135,6 +136,7 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
     record = {
         "run": job.run,
         "fold": job.fold,
+        "task": system.task,
         "cases": sorted(paths),
         # relative to the fold's folder, with their hashes: a copied cv output reads (and checks) its own maps
         "predictions": {case: str(Path(path).relative_to(job.fold_dir)) for case, path in paths.items()},
@@ -183,7 +185,8 @@ class FoldStatus:
                 if trainer.sanity_checking or not trainer.is_global_zero:
                     return
                 metrics = trainer.callback_metrics
-                score, loss = metrics.get("val/score"), metrics.get("train/loss")
+                score = metrics.get("val/score", metrics.get("val/dice_mean"))  # detection, segmentation
+                loss = metrics.get("train/loss")
                 done = trainer.current_epoch + 1
                 per_epoch = (time.monotonic() - self.start) / max(done - self.first_epoch, 1)
                 left = per_epoch * max((trainer.max_epochs or done) - done, 0)
@@ -237,7 +240,7 @@ def _claim(jobs: list[FoldJob], identities: dict[FoldJob, dict], overwrite: bool
 def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Path, twin: bool = False,
            workers: int | None = None, selection: str = "last", overwrite: bool = False, verbose: bool = False,
            train_fractions: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
-           controls: Sequence[str] = ()) -> dict[str, Any]:
+           controls: Sequence[str] = (), metrics: str | None = None) -> dict[str, Any]:
     """Run the folds (reusing finished ones made by the same settings) and write the report. Returns it.
 
     Args:
@@ -258,6 +261,8 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
             trained with supervision on the labelled cases of the pretraining archive; ``supervised=CKPT``: any
             checkpoint) must beat scratch, ``shuffled`` (the pretrained weights, each tensor's entries permuted)
             tests that a gain is more than a weight scale.
+        metrics: a segmentation run's convention (``medssl.evaluation.segmentation.METRICS``; default
+            ``brats2023``, the lesion-wise metrics); detection is scored by picai_eval.
     """
     import torch
 
@@ -275,9 +280,11 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
     if probe.trainer.world_size > 1:
         raise ConfigError("medssl cv trains each fold on one device and runs folds side by side (--workers); "
                           "for one fold on several GPUs use `medssl fit --data.fold K` with --trainer.devices")
-    if not isinstance(probe.system, DetectionSystem):
-        raise ConfigError("medssl cv needs a detection system: set model.class_path to "
-                          "medssl.systems.finetune.DetectionSystem")
+    if not isinstance(probe.system, DenseSystem):
+        raise ConfigError("medssl cv needs a finetuning system: set model.class_path to "
+                          "medssl.systems.finetune.DetectionSystem or SegmentationSystem")
+    task = probe.system.task
+    metrics = _metrics(task, metrics, train_fractions, seeds, controls)
     dm = probe.datamodule
     if dm.train_fraction != 1.0:
         raise ConfigError("medssl cv sets each fold's data.train_fraction itself; give --train-fractions "
@@ -344,8 +351,39 @@ def run_cv(config: Mapping[str, Any], folds: list[int] | None, output: str | Pat
     partial = None if sorted(folds) == list(range(n_folds)) else {"folds": sorted(folds), "of": n_folds}
     context = ReportContext(dm, split_info, selection, init_from, computed, identities,
                             family=max(1, compared * len(fractions)),
-                            controls={k: v for k, v in control_weights.items()}, partial=partial)
+                            controls={k: v for k, v in control_weights.items()}, partial=partial, task=task,
+                            metrics=metrics)
+    if task == "segmentation":
+        return write_segmentation_report(out.root, jobs, context)
     return write_reports(out, jobs, context, fractions, seed_list, train_fractions is not None)
+
+
+def _metrics(task: str, metrics: str | None, train_fractions, seeds, controls) -> str | None:
+    """The scoring convention of a ``task`` run, and what a segmentation cv does not take."""
+    from medssl.evaluation.segmentation import METRICS
+
+    if task == "detection":
+        if metrics is not None:
+            raise ConfigError(f"--metrics {metrics} is a BraTS segmentation convention; a detection cv is scored by "
+                              "picai_eval (drop --metrics)")
+        return None
+    given = [name for name, value in (("--train-fractions", train_fractions), ("--seeds", seeds),
+                                       ("--control", controls)) if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: the label-efficiency study is built for detection; a segmentation cv "
+                          "takes --folds, --twin and --selection")
+    metrics = metrics or "brats2023"
+    if metrics not in METRICS:
+        raise ConfigError(f"--metrics {metrics}: choose {' or '.join(METRICS)}")
+    return metrics
+
+
+def write_segmentation_report(root: Path, jobs: list[FoldJob], context: ReportContext) -> dict[str, Any]:
+    """The segmentation cv report: every fold's written label maps scored per region under ``context.metrics``."""
+    scored = score_segmentation_folds(_records(jobs, context.identities), context.metrics,
+                                      getattr(context.dm, "brats_labels", None))
+    per_seed = {None: {run: [{**f, "steps": f.get("steps")} for f in folds] for run, folds in scored.items()}}
+    return write_segmentation_cv_report(root, scored, context.metrics, _provenance_extra(context, per_seed))
 
 
 def _seeds(seeds: Sequence[int] | None) -> list[int | None]:
@@ -451,6 +489,8 @@ class ReportContext:
     family: int = 1  # comparisons the study makes (arms compared with scratch x fractions)
     controls: dict[str, str] = field(default_factory=dict)  # control arm -> its initial weights
     partial: dict[str, Any] | None = None  # {"folds": [...], "of": n} when --folds ran some folds only
+    task: str = "detection"
+    metrics: str | None = None  # a segmentation run's convention
 
 
 def _records(jobs: Sequence[FoldJob], identities: Mapping[FoldJob, dict]) -> dict[str, list[dict[str, Any]]]:

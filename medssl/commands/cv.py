@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
                         help="a control arm compared with scratch like the pretrained run: supervised (trained on the "
                              "pretraining archive's labels; supervised=CKPT: any checkpoint, a positive control that "
                              "must win) or shuffled (the pretrained weights with each tensor permuted); repeatable")
+    parser.add_argument("--metrics", choices=["monai", "legacy", "brats2023"], default=None,
+                        help="segmentation (BraTS): the report's convention, brats2023 (lesion-wise, default), legacy "
+                             "or monai (see medssl evaluate); detection is scored by picai_eval")
     parser.add_argument("--verbose", action="store_true", help="Lightning's model summaries and tips")
     # a worker process started by --workers: one fold, no report
     parser.add_argument("--worker-config", help=argparse.SUPPRESS)
@@ -83,13 +86,20 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--seeds {args.seeds!r}: give seeds like 0,1,2") from None
     config = resolve(args.config, overrides)  # the recipe and the options, parsed once; the folds build from it
     report = run_cv(config, folds, args.output, args.twin, args.workers, args.selection, args.overwrite,
-                    args.verbose, fractions, seeds, args.control)
+                    args.verbose, fractions, seeds, args.control, args.metrics)
     for row in report.get("fractions", []):
         diff = (row.get("difference") or {}).get("score") or {}
         print(f"fraction {row['fraction']:g}: " + ", ".join(
             f"{name} score {(run['pooled'] or {}).get('score')}" for name, run in row["runs"].items())
             + (f"; pretrained - scratch {diff.get('pooled_difference')} (95% CI {diff.get('pooled_ci')}, "
                f"p {diff.get('p_value')})" if diff else ""))
+    if report.get("task") == "segmentation":
+        pooled = report["pooled"]
+        dice = ", ".join(f"{r} {pooled['dice'][r]:.3f}" for r in pooled["dice"] if pooled["dice"][r] is not None)
+        words = {r: row["verdict"] for r, row in (report.get("comparison") or {}).get("dice", {}).items()}
+        print(f"wrote {Path(args.output) / 'cv_report.json'}: pooled Dice ({report['metrics']}) {dice}"
+              + (f"; pretrained - scratch: {', '.join(f'{r} {v}' for r, v in words.items())}" if words else ""))
+        return 0
     main_run = report.get("mean", {})
     print(f"wrote {Path(args.output) / 'cv_report.json'}: mean AUROC {main_run.get('auroc')}, "
           f"AP {main_run.get('ap')}, score {main_run.get('score')} ({report.get('provenance', {}).get('selection')} "

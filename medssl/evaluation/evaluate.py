@@ -260,6 +260,15 @@ def evaluate_predictions(
     return jsonable(result)
 
 
+def score_label_maps(maps: Mapping[str, PathLike], labels: Mapping[str, PathLike], metrics: str = "monai",
+                     brats_labels: str | None = None) -> dict[str, Any]:
+    """Dice and HD95 per region of BraTS label maps (case -> map) against their labels (case -> label), under the
+    ``metrics`` convention: ``cases``, ``dice`` and ``hd95`` (means), ``regions``, ``per_case`` (the cv report's
+    scoring of a fold's written maps)."""
+    matched = Matched({c: str(p) for c, p in maps.items()}, {c: str(labels[c]) for c in maps}, [], [])
+    return _segmentation(matched, {}, brats_labels, metrics)
+
+
 def _segmentation(matched: Matched, label_reference: Mapping[str, PathLike], brats_labels: str | None,
                   metrics: str = "monai") -> dict:
     """Dice and HD95 per case and region, and their summary, under the ``metrics`` convention."""

@@ -160,9 +160,13 @@ def robust_hd95(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float]) -
 
     if not truth.any() or not pred.any():
         return float("inf")
-    (edges_pred, edges_truth), (pred_to_truth, truth_to_pred), (areas_pred, areas_truth) = get_edge_surface_distance(
-        torch.from_numpy(pred.astype(bool)), torch.from_numpy(truth.astype(bool)), spacing=[float(s) for s in spacing],
-        use_subvoxels=True, symmetric=True, warn_empty=False)
+    with warnings.catch_warnings():  # MONAI passes its own deprecated argument internally
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        (edges_pred, edges_truth), (pred_to_truth, truth_to_pred), (areas_pred, areas_truth) = \
+            get_edge_surface_distance(torch.from_numpy(pred.astype(bool)), torch.from_numpy(truth.astype(bool)),
+                                      spacing=[float(s) for s in spacing], use_subvoxels=True, symmetric=True,
+                                      warn_empty=False)
     worst = 0.0
     for distances, areas in ((truth_to_pred, areas_truth[edges_truth]), (pred_to_truth, areas_pred[edges_pred])):
         distances, areas = np.asarray(distances, np.float64), np.asarray(areas, np.float64)
