@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,18 @@ def report_stem(output_dir: Path, report: Mapping[str, Any]) -> str:
     return "cv_report_partial" if complete else "cv_report"
 
 
+def write_report_files(output_dir: Path, report: Mapping[str, Any], body: Callable[[dict[str, Any]], str]
+                       ) -> dict[str, Any]:
+    """``cv_report.{json,md}`` (or ``cv_report_partial``, ``report_stem``): the report as JSON, and as markdown the
+    partial-run note, the provenance header and ``body(report)``. Returns the JSON-ready report."""
+    report = jsonable(report)
+    stem = report_stem(output_dir, report)
+    write_json(output_dir / f"{stem}.json", report)
+    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
+               + body(report))
+    return report
+
+
 def _partial_markdown(report: Mapping[str, Any]) -> str:
     partial = report.get("partial")
     if not partial:
@@ -339,11 +351,8 @@ def write_cv_report(
     if controls:
         report["controls"] = {arm: _twin_comparison(runs, summaries, arm, n_bootstrap, seed) for arm in controls}
     report.update(extra or {})
-    report = jsonable(report)
-    stem = report_stem(output_dir, report)
-    write_json(output_dir / f"{stem}.json", report)
-    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
-               + _markdown(report["runs"], main, report.get("comparison"), report.get("controls")))
+    report = write_report_files(output_dir, report,
+                                lambda r: _markdown(r["runs"], main, r.get("comparison"), r.get("controls")))
     for name, summary in report["runs"].items():
         entries = [(_legend(f"fold {row['fold']}", row), row, {**THIN, "linestyle": DASHES[i % len(DASHES)]})
                    for i, row in enumerate(summary["folds"])]
@@ -407,12 +416,7 @@ def write_seeds_report(
     if "supervised" in controls:
         report["positive_control"] = positive_control(controls["supervised"]["score"])
     report.update(extra or {})
-    report = jsonable(report)
-    stem = report_stem(output_dir, report)
-    write_json(output_dir / f"{stem}.json", report)
-    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
-               + _seeds_markdown(report))
-    return report
+    return write_report_files(output_dir, report, _seeds_markdown)
 
 
 def positive_control(row: Mapping[str, Any]) -> dict[str, Any]:

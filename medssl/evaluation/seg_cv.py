@@ -20,9 +20,8 @@ import numpy as np
 
 from medssl.evaluation.compare import verdict
 from medssl.evaluation.evaluate import score_label_maps
-from medssl.evaluation.report import _partial_markdown, _provenance_markdown, jsonable, report_stem
+from medssl.evaluation.report import write_report_files
 from medssl.evaluation.segmentation import METRICS, REGIONS
-from medssl.io import write_json, write_text
 
 KEEP = ("fold", "checkpoint", "selection", "init_from", "init_from_sha256", "leaked_cases", "skipped_cases",
         "train_cases", "steps", "epochs")
@@ -147,9 +146,4 @@ def write_segmentation_cv_report(output_dir: str | os.PathLike, runs: Mapping[st
     if "pretrained" in runs and "scratch" in runs:
         report["comparison"] = compare_runs(runs["pretrained"], runs["scratch"], n_bootstrap, seed)
     report.update(extra or {})
-    report = jsonable(report)
-    stem = report_stem(output_dir, report)
-    write_json(output_dir / f"{stem}.json", report)
-    write_text(output_dir / f"{stem}.md", _partial_markdown(report) + _provenance_markdown(report.get("provenance"))
-               + _markdown(report))
-    return report
+    return write_report_files(output_dir, report, _markdown)

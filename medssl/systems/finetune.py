@@ -106,6 +106,12 @@ class DenseSystem(MedsslModule):
                 if saved and list(saved) != list(dm.modalities):
                     raise ConfigError(f"{self.hparams.init_from} was pretrained on modalities {saved} but "
                                       f"data.modalities is {list(dm.modalities)}; make them equal")
+                if meta.normalisation is not None and meta.normalize != getattr(dm, "normalize", "nonzero"):
+                    # legitimate (a transfer across preprocessings), but the encoder then sees other intensities
+                    logger.warning("%s was pretrained on data.normalize %s, this run normalises with %s: the encoder "
+                                   "sees intensities it was not pretrained on (pretrain again with --data.normalize "
+                                   "%s to match)", self.hparams.init_from, meta.normalize,
+                                   getattr(dm, "normalize", "nonzero"), getattr(dm, "normalize", "nonzero"))
                 seen = set(meta.train_case_ids or [])
                 self.leaked_cases = sorted(seen & {c.case_id for c in dm.val_cases})
                 if self.leaked_cases:

@@ -92,3 +92,35 @@ def test_weights_refuse_data_normalised_otherwise():
     assert legacy.normalize == "nonzero" and CheckpointMeta().normalize == "nonzero"
     with pytest.raises(ConfigError, match="trained with nonzero"):
         legacy.check_data(Data(), "C")
+
+
+def test_finetuning_from_weights_pretrained_on_other_intensities_says_so(tmp_path, caplog):
+    """A transfer across normalisations is allowed (it may be meant) but never silent."""
+    import logging
+    from types import SimpleNamespace
+
+    from medssl.lightning_cli import MedsslCLI
+    from tests.conftest import REPO
+
+    pre = MedsslCLI(args=["--config", str(REPO / "configs/pretrain/bmmae_tiny.yaml"), "--data.root", "/x"],
+                    run=False).model
+    cli = MedsslCLI(args=["--config", str(REPO / "configs/finetune/bmmae_brats_tiny.yaml"), "--data.root", "/x"],
+                    run=False)
+    dm = cli.datamodule
+    for pretrained_with, warned in (("all", True), ("nonzero", False)):
+        path = tmp_path / f"{pretrained_with}.ckpt"
+        torch.save({"state_dict": pre.state_dict(), "medssl": {"architecture": "bmmae", "kind": "pretraining",
+                                                               "normalisation": pretrained_with,
+                                                               "modalities": list(dm.modalities)}}, path)
+        system = MedsslCLI(args=["--config", str(REPO / "configs/finetune/bmmae_brats_tiny.yaml"), "--data.root",
+                                 "/x", "--model.init_args.init_from", str(path)], run=False).model
+        system.check_crop = lambda *a: None  # no data to size a crop on: the init path is what is tested
+        system._trainer = SimpleNamespace(datamodule=SimpleNamespace(
+            modalities=dm.modalities, crop_size=None, spatial_size=dm.spatial_size, normalize=dm.normalize,
+            val_cases=[], fold=0))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            system.setup("fit")
+        said = [r.getMessage() for r in caplog.records if "pretrained on data.normalize" in r.getMessage()]
+        assert bool(said) == warned, said
+        assert system.init_report["loaded"] > 0
