@@ -48,7 +48,7 @@ class LastAtTrainEnd(Callback):
                 continue
             path = os.path.join(callback.dirpath, "last.ckpt")
             if getattr(callback, "_last_global_step_saved", -1) != trainer.global_step or not os.path.isfile(path):
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: resumable
 
 
 class MedsslSaveConfig(SaveConfigCallback):

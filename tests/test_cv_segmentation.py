@@ -38,6 +38,7 @@ def test_two_folds_and_the_twin_report_per_region_and_infer_cv_writes_label_maps
                       str(root / "pre/checkpoints/last.ckpt"), "--output", str(root / "cv"), cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pooled Dice (brats2023)" in done.stdout and "pretrained - scratch" in done.stdout
+    assert "weights_only" not in done.stderr  # saving last.ckpt at train end says nothing alarming
     report = json.loads((root / "cv/cv_report.json").read_text())
     assert report["task"] == "segmentation" and report["metrics"] == "brats2023"
     assert "lesion-wise" in report["metrics_convention"] and report["partial"] == {"folds": [0, 1], "of": 5}
