@@ -382,8 +382,7 @@ def write_segmentation_report(root: Path, jobs: list[FoldJob], context: ReportCo
     """The segmentation cv report: every fold's written label maps scored per region under ``context.metrics``."""
     scored = score_segmentation_folds(_records(jobs, context.identities), context.metrics,
                                       getattr(context.dm, "brats_labels", None))
-    per_seed = {None: {run: [{**f, "steps": f.get("steps")} for f in folds] for run, folds in scored.items()}}
-    return write_segmentation_cv_report(root, scored, context.metrics, _provenance_extra(context, per_seed))
+    return write_segmentation_cv_report(root, scored, context.metrics, _provenance_extra(context, {None: scored}))
 
 
 def _seeds(seeds: Sequence[int] | None) -> list[int | None]:

@@ -41,18 +41,20 @@ def score_segmentation_folds(records: Mapping[str, Sequence[Mapping[str, Any]]],
 
 
 def _bootstrap_mean(values: np.ndarray, n: int, seed: int) -> list[float] | None:
+    """95% percentile-bootstrap interval of the mean of the finite ``values`` (scipy's), None under two values."""
+    from scipy.stats import bootstrap
+
     values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    if len(values) < 2 or np.ptp(values) == 0:
+        return None if len(values) < 2 else [float(values[0])] * 2
+    ci = bootstrap((values,), np.mean, n_resamples=n, method="percentile", random_state=seed).confidence_interval
+    return [float(ci.low), float(ci.high)]
 
 
 def _per_case(folds: Sequence[Mapping[str, Any]], what: str) -> dict[str, dict[str, float]]:
     """region -> case -> value over every fold of a run."""
-    return {r: {c: float(v) for f in folds for c, v in
-                ((case, f["scores"]["per_case"][case][what][r]) for case in f["cases"])} for r in REGIONS}
+    return {r: {case: float(f["scores"]["per_case"][case][what][r]) for f in folds for case in f["cases"]}
+            for r in REGIONS}
 
 
 def _mean(values: Sequence[float]) -> float | None:
