@@ -171,15 +171,17 @@ def run_fold(config: Mapping[str, Any], job: FoldJob, split_file: Path, selectio
 
 
 class FoldStatus:
-    """Writes ``fold_<k>/status.json`` and logs one line per epoch: epoch, training loss, last validation score and
-    the time left (the mean epoch so far times the epochs to go)."""
+    """Writes ``fold_<k>/status.json`` after every epoch and logs a line (epoch, training loss, last validation
+    score, the time left: the mean epoch so far times the epochs to go) after the first and the last epoch and
+    otherwise at most every ``log_every_s`` seconds, so a study of many short folds keeps a short log."""
 
-    def __new__(cls, job: FoldJob):
+    def __new__(cls, job: FoldJob, log_every_s: float = 30.0):
         from lightning.pytorch.callbacks import Callback
 
         class _FoldStatus(Callback):
             def on_train_start(self, trainer, pl_module) -> None:
                 self.start, self.first_epoch = time.monotonic(), trainer.current_epoch
+                self.logged = None
 
             def on_train_epoch_end(self, trainer, pl_module) -> None:
                 if trainer.sanity_checking or not trainer.is_global_zero:
@@ -194,6 +196,10 @@ class FoldStatus:
                           "train_loss": None if loss is None else round(float(loss), 4),
                           "val_score": None if score is None else round(float(score), 4), "eta_seconds": round(left)}
                 write_json(job.fold_dir / "status.json", status)
+                now = time.monotonic()
+                if self.logged is not None and done < (trainer.max_epochs or done) and now - self.logged < log_every_s:
+                    return
+                self.logged = now
                 logger.info("%s fold %d%s: epoch %d/%s, train loss %s, val score %s, %s left", job.run, job.fold,
                             "" if job.seed is None else f" seed {job.seed}", done, status["max_epochs"],
                             status["train_loss"], status["val_score"], eta(left))

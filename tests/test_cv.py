@@ -35,8 +35,8 @@ def cv_run(picai_root, tmp_path_factory):
 
 
 def test_a_log_redirected_to_a_file_stays_short(cv_run):
-    """`medssl cv ... 2>log` off a terminal, no progress options given: no progress bars, one status line per
-    epoch, each warning once; three folds and the report in under 50 lines."""
+    """`medssl cv ... 2>log` off a terminal, no progress options given: no progress bars, at most one status line
+    per epoch, each warning once; three folds and the report in under 50 lines."""
     lines = (cv_run / "stderr.log").read_text().splitlines()
     assert 0 < len(lines) < 50, "\n".join(lines)
     assert not any("\r" in line or "it/s]" in line for line in lines)  # no progress bar redrawn into the file
