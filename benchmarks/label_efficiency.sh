@@ -7,9 +7,15 @@
 # pairs, the capsule), so a local intensity cue is not enough and an encoder that knows anatomy can help:
 #   - CASES labelled studies, 5 patient-grouped folds; an archive of ARCHIVE studies (other patients, 10x);
 #   - CSwin UNet multi-task pretraining on the archive (SSL, its labels unused), pretext metrics in pretext.json;
-#   - the positive control: the same net trained with supervision on the archive's labels, as many steps as the
-#     SSL pretraining (its encoder moves into the folds exactly as the SSL encoder does);
+#   - the positive control: the same net trained with supervision on the archive's labels, STEPS_PRE batches of 4
+#     per epoch for EPOCHS_PRE epochs (one pass over the archive each; the SSL pretraining takes one batch fewer
+#     per epoch, its 4 pretext-metric cases held out), exactly benchmarks/positive_control.sh's command, so that
+#     script's checkpoint can be copied into OUT/supervised/ instead of training it again;
 #   - the negative control: the SSL weights with every tensor's entries permuted;
+#   - every arm moves what fits by name and shape (`init_parts: all`): the positive control its whole UNet
+#     (decoder and head included: RESULTS.md shows that the encoder alone cannot win at 10 % of the labels), the
+#     SSL and shuffled weights their encoder (the inpainting decoder is another module; fold_result.json lists
+#     what moved);
 #   - every fold of every arm (pretrained, scratch, supervised, shuffled) trained on FRACTIONS of its training
 #     patients with a fixed step budget (STEPS batches of 4 per epoch, drawn with replacement, EPOCHS_FT epochs: the
 #     same optimiser steps at every fraction), once per training seed in SEEDS; the final checkpoint is reported.
@@ -20,7 +26,8 @@ set -euo pipefail
 OUT=${1:-runs/label_efficiency}
 CASES=${CASES:-60}
 ARCHIVE=${ARCHIVE:-600}
-EPOCHS_PRE=${EPOCHS_PRE:-30}      # SSL pretraining (and the supervised control) over the archive
+EPOCHS_PRE=${EPOCHS_PRE:-15}      # SSL pretraining (and the supervised control) over the archive
+STEPS_PRE=${STEPS_PRE:-150}       # the supervised control's batches of 4 per epoch: one pass over the archive
 EPOCHS_FT=${EPOCHS_FT:-20}        # finetuning epochs of STEPS batches each
 STEPS=${STEPS:-6}
 FRACTIONS=${FRACTIONS:-0.1,0.25,1.0}
@@ -35,15 +42,13 @@ mkdir -p "$OUT"
 [ -f "$OUT/pretrain/checkpoints/last.ckpt" ] || \
     medssl fit --config configs/pretrain/cswin_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
         --trainer.max_epochs "$EPOCHS_PRE" --trainer.default_root_dir "$OUT/pretrain" "${QUIET[@]}"
-# the positive control: as many optimiser steps as the SSL pretraining took (one pass over the archive per epoch)
-STEPS_PRE=$(python -c "import torch; print(torch.load('$OUT/pretrain/checkpoints/last.ckpt', weights_only=True, map_location='cpu')['global_step'] // $EPOCHS_PRE)")
 [ -f "$OUT/supervised/checkpoints/last.ckpt" ] || \
     medssl fit --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
         --data.n_folds 5 --data.fold 0 --data.split_file "$OUT/supervised_splits.json" \
         --data.train_batches_per_epoch "$STEPS_PRE" --trainer.max_epochs "$EPOCHS_PRE" \
         --trainer.limit_val_batches 0 --trainer.default_root_dir "$OUT/supervised" "${QUIET[@]}"
 medssl cv --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/data" --data.cache_dir "$OUT/cache" \
-    --model.init_args.init_from "$OUT/pretrain/checkpoints/last.ckpt" --twin \
+    --model.init_args.init_from "$OUT/pretrain/checkpoints/last.ckpt" --model.init_args.init_parts all --twin \
     --control "supervised=$OUT/supervised/checkpoints/last.ckpt" --control shuffled \
     --train-fractions "$FRACTIONS" --seeds "$SEEDS" --workers "$WORKERS" \
     --data.train_batches_per_epoch "$STEPS" --trainer.max_epochs "$EPOCHS_FT" \
