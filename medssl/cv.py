@@ -37,6 +37,7 @@ from medssl.evaluation.report import (
     report_stem,
     score_folds,
     write_cv_report,
+    study_positive_control,
     write_label_efficiency,
     write_seeds_report,
 )
@@ -553,12 +554,19 @@ def write_reports(out: CvOutput, jobs: list[FoldJob], context: ReportContext, fr
             rows.append(fraction_row(fraction, report, records))
     if not study:
         return report  # the one fraction's report is the output's (``base`` is the output folder)
-    # the study's report: the largest fraction's, with every fraction's row
+    # the study's report: the largest fraction's, with every fraction's row; the positive control read per fraction
     main = {**report, "fractions": rows}
+    positive = study_positive_control(rows)
+    if positive:
+        main["positive_control"] = positive
     stem = report_stem(out.root, main)
     write_json(out.root / f"{stem}.json", main)
+    name = f"fraction_{fractions[-1]:g}"
     largest = out.fraction_dir(fractions[-1]) / f"{report_stem(out.fraction_dir(fractions[-1]), main)}.md"
-    write_text(out.root / f"{stem}.md", largest.read_text() if largest.is_file() else "")
+    head = (f"# Label-efficiency study: fractions {', '.join(f'{f:g}' for f in fractions)}\n\n"
+            f"Down to *Label efficiency*, this is the largest fraction's report (`{name}/`), its verdicts that "
+            "fraction's only; every fraction's rows and the study's reading follow under *Label efficiency*.\n\n")
+    write_text(out.root / f"{stem}.md", head + (largest.read_text() if largest.is_file() else ""))
     write_label_efficiency(out.root, main, stem)
     return main
 

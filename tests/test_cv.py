@@ -314,9 +314,15 @@ def test_seeds_and_controls_with_a_fixed_step_budget(picai_root, tmp_path):
         for comparison in (row["difference"], row["controls"]["supervised"]):
             assert comparison["seeds"] == [0, 1] and comparison["score"]["ci"] is not None
             assert set(comparison["score"]["per_seed"]) == {"0", "1"}
-    assert report["positive_control"]["verdict"] == report["controls"]["supervised"]["score"]["verdict"]
+    # read per fraction in the study's report; the largest fraction's own report holds its verdict only
+    assert report["positive_control"]["verdict_by_fraction"] == {
+        f"{row['fraction']:g}": row["controls"]["supervised"]["score"]["verdict"] for row in report["fractions"]}
+    largest = json.loads((out / "fraction_1" / "cv_report.json").read_text())
+    assert largest["positive_control"]["verdict"] == report["controls"]["supervised"]["score"]["verdict"]
     provenance = report["provenance"]
     assert provenance["init_from"]["pretext"]["held_out_cases"] == 4 and provenance["seeds"] == [0, 1]
     assert provenance["optimiser_steps_per_fold"] == [2] and provenance["controls"]["supervised"]["sha256"]
     assert report["leakage"]["validated_cases_seen_in_pretraining"] == []  # the archive is other patients
-    assert "Positive control" in (out / "cv_report.md").read_text()
+    markdown = (out / "cv_report.md").read_text()
+    assert markdown.startswith("# Label-efficiency study: fractions 0.5, 1") and "Positive control" in markdown
+    assert report["positive_control"]["reading"] in markdown

@@ -501,6 +501,33 @@ def fraction_row(fraction: float, report: Mapping[str, Any],
             "validation_cases": report["pooled"].get("num_cases") or (report.get("comparison") or {}).get("cases")}
 
 
+def study_positive_control(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A study's positive control, fraction by fraction (None without one): where it beat scratch, a pretraining gain
+    of its size would have been seen, so the pretrained run's verdict there can be read; where it did not, a null
+    result of the pretrained run at that fraction says nothing. (The largest fraction's report, which the study's
+    report extends, holds that fraction's reading only.)"""
+    verdicts = {}
+    for row in rows:
+        score = (((row.get("controls") or {}).get("supervised") or {}).get("score")) or {}
+        if score:
+            verdicts[f"{row['fraction']:g}"] = verdict(score.get("pooled_ci")) \
+                if score.get("pooled_difference") is not None else "not tested"
+    if not verdicts:
+        return None
+    beat = [f for f, v in verdicts.items() if v == "helped"]
+    other = [f for f, v in verdicts.items() if v != "helped"]
+    if beat:
+        reading = (f"the positive control beat scratch at fraction(s) {', '.join(beat)}: there the study can detect a "
+                   "pretraining gain of that size")
+        if other:
+            reading += (f"; at {', '.join(other)} it did not, so a null result for the pretrained run there says "
+                        "nothing")
+    else:
+        reading = ("the positive control beat scratch at no fraction: this study cannot detect a pretraining gain, so "
+                   "a null result for the pretrained run says nothing")
+    return {"verdict_by_fraction": verdicts, "beat_scratch": bool(beat), "beat_scratch_at": beat, "reading": reading}
+
+
 def segmentation_summary(dice: Mapping[str, Sequence[float]], hd95: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """Mean, std and median of per-case Dice and HD95 per region (TC, WT, ET), undefined cases counted.
 
@@ -624,12 +651,9 @@ def write_label_efficiency(output_dir: str | os.PathLike, report: Mapping[str, A
         words.append(f"it hurt at {', '.join(hurt)}")
     if same:
         words.append(f"it made no detectable difference at {', '.join(same)}")
-    positive = [f"{row['fraction']:g}" for row in rows
-                if verdict((((row.get("controls") or {}).get("supervised") or {}).get("score") or {}).get("pooled_ci"))
-                == "helped"]
-    if any((row.get("controls") or {}).get("supervised") for row in rows):
-        words.append("the positive control beat scratch at fraction(s) " + ", ".join(positive) if positive else
-                     "the positive control beat scratch at no fraction, so this study cannot detect a pretraining gain")
+    positive = study_positive_control(rows)
+    if positive:
+        words.append(positive["reading"])
     family = next((((row.get("difference") or {}).get("score") or {}).get("family") for row in rows), None) or \
         len(rows) * (1 + len({a for row in rows for a in (row.get("controls") or {})}))
     lines += ["", ("In words: " + "; ".join(words) + ".") if words else "In words: no paired comparison (no twin).",

@@ -64,3 +64,23 @@ def test_write_cv_report(written, tmp_path):
 
     with pytest.raises(ValueError, match="overwrite report keys"):
         write_cv_report(tmp_path / "again", runs, extra={"pooled": 1})
+
+
+def test_a_studys_positive_control_is_read_fraction_by_fraction():
+    """Beat scratch at 0.1 only: the reading says where a null result of the pretrained run can be read and where
+    it says nothing; no supervised arm at any fraction: no reading at all."""
+    from medssl.evaluation.report import study_positive_control
+
+    def row(fraction, ci):
+        score = {"pooled_difference": sum(ci) / 2, "pooled_ci": ci}
+        return {"fraction": fraction, "controls": {"supervised": {"score": score}, "shuffled": {"score": score}}}
+
+    rows = [row(0.1, [0.03, 0.2]), row(0.25, [-0.02, 0.1]), row(1.0, [-0.2, -0.01])]
+    read = study_positive_control(rows)
+    assert read["verdict_by_fraction"] == {"0.1": "helped", "0.25": "no detectable difference", "1": "hurt"}
+    assert read["beat_scratch"] and read["beat_scratch_at"] == ["0.1"]
+    assert "at fraction(s) 0.1:" in read["reading"] and "at 0.25, 1 it did not" in read["reading"]
+    none = study_positive_control([row(0.1, [-0.1, 0.1])])
+    assert not none["beat_scratch"] and "at no fraction" in none["reading"]
+    assert study_positive_control([{"fraction": 0.1, "controls": {"shuffled": {"score": {}}}}, {"fraction": 1.0}]) \
+        is None
