@@ -185,18 +185,45 @@ def test_cv_results_notebook(inputs, tmp_path):
 
 
 def test_label_efficiency_notebook(tmp_path):
-    """Drawn from a study's report: the fractions as medssl cv --train-fractions --twin writes them."""
+    """Drawn from a study's report: the fractions as medssl cv --train-fractions --twin --control writes them,
+    every arm - scratch in the table (the pretrained run's `difference`, each control's under `controls`)."""
     def run(score, lo, hi, n):
         return {"pooled": {"score": score, "ci": {"score": [lo, hi]}}, "mean_train_cases": n}
 
-    rows = [{"fraction": f, "runs": {"pretrained": run(a, a - 0.1, a + 0.1, n), "scratch": run(b, b - 0.1, b + 0.1, n)},
-             "difference": {"score": {"pooled_difference": a - b, "pooled_ci": [a - b - w, a - b + w],
-                                      "p_value": p, "cases": 40}}}
-            for f, a, b, n, w, p in ((0.25, 0.7, 0.5, 8, 0.1, 0.01), (0.5, 0.75, 0.7, 16, 0.1, 0.3),
-                                     (1.0, 0.8, 0.8, 32, 0.05, 0.9))]
+    def diff(d, w, p):
+        return {"score": {"pooled_difference": d, "pooled_ci": [d - w, d + w], "p_value": p, "cases": 40}}
+
+    rows = [{"fraction": f, "runs": {"pretrained": run(a, a - 0.1, a + 0.1, n), "scratch": run(b, b - 0.1, b + 0.1, n),
+                                     "supervised": run(c, c - 0.1, c + 0.1, n)},
+             "difference": diff(a - b, w, p), "controls": {"supervised": diff(c - b, 0.05, 0.001)}}
+            for f, a, b, c, n, w, p in ((0.25, 0.7, 0.5, 0.75, 8, 0.1, 0.01), (0.5, 0.75, 0.7, 0.45, 16, 0.1, 0.3),
+                                        (1.0, 0.8, 0.8, 0.9, 32, 0.05, 0.9))]
+    reading = "the positive control beat scratch: the study can detect a pretraining gain of that size"
     (tmp_path / "study").mkdir()
-    (tmp_path / "study" / "cv_report.json").write_text(json.dumps({"fractions": rows, "provenance": {}}))
+    (tmp_path / "study" / "cv_report.json").write_text(json.dumps(
+        {"fractions": rows, "provenance": {}, "positive_control": {"beat_scratch": True, "reading": reading}}))
     nb = _execute("04_label_efficiency", {"STUDY_DIR": str(tmp_path / "study")}, tmp_path)
     figures, text = _outputs(nb)
-    assert figures == 2  # the curve, the paired differences
-    assert "pretraining helped" in text and "no detectable difference" in text
+    assert figures == 2  # the curve, the paired differences of every arm
+    table = text[text.index("<table>"):]
+    rows_html = table.split("<tr>")[2:]
+    assert len(rows_html) == 6  # 3 fractions x (pretrained, supervised)
+    verdicts = {(r.split("<td>")[1].split("<")[0], r.split("<td>")[2].split(" ")[0]): r.split("<td>")[7].split("<")[0]
+                for r in rows_html}
+    assert verdicts == {("0.25", "pretrained"): "helped", ("0.5", "pretrained"): "no detectable difference",
+                        ("1", "pretrained"): "no detectable difference", ("0.25", "supervised"): "helped",
+                        ("0.5", "supervised"): "hurt", ("1", "supervised"): "helped"}
+    assert reading in text
+
+
+def test_label_efficiency_notebook_default_is_the_committed_study(tmp_path):
+    """With no parameters it reads the study RESULTS.md reports, from the repository root above Jupyter's folder
+    (a checkout made of links to this one's pyproject.toml and results/, started in its notebooks/)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks").mkdir(parents=True)
+    for name in ("pyproject.toml", "results"):
+        (checkout / name).symlink_to(REPO / name)
+    nb = _execute("04_label_efficiency", {}, checkout / "notebooks")
+    figures, text = _outputs(nb)
+    assert figures == 2
+    assert "positive control:" in text
