@@ -36,8 +36,8 @@ from medssl.evaluation.report import (
     fraction_row,
     report_stem,
     score_folds,
-    write_cv_report,
     study_positive_control,
+    write_cv_report,
     write_label_efficiency,
     write_seeds_report,
 )

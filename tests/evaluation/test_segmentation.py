@@ -52,8 +52,8 @@ def test_monai_and_legacy_conventions_score_empty_regions_as_each_says():
     side empty 0 / 373.13 mm; both agree where both sides hold the region."""
     from medssl.evaluation.segmentation import LEGACY_HD95_PENALTY, METRICS, label_map_metrics
 
-    assert set(METRICS) == {"monai", "legacy", "brats2023"} and LEGACY_HD95_PENALTY == pytest.approx((240**2 + 240**2 + 155**2)
-                                                                                          ** 0.5, abs=0.01)
+    assert set(METRICS) == {"monai", "legacy", "brats2023"}
+    assert LEGACY_HD95_PENALTY == pytest.approx((240**2 + 240**2 + 155**2) ** 0.5, abs=0.01)
     expected_legacy = {"both_empty": (1.0, 0.0), "false_positive": (0.0, LEGACY_HD95_PENALTY),
                        "missed": (0.0, LEGACY_HD95_PENALTY), "hit": (1.0, 0.0)}
     for name, (pred, label) in _cases().items():
