@@ -9,8 +9,8 @@
 #   - CSwin UNet multi-task pretraining on the archive (SSL, its labels unused), pretext metrics in pretext.json;
 #   - the positive control: the same net trained with supervision on the archive's labels, STEPS_PRE batches of 4
 #     per epoch for EPOCHS_PRE epochs (one pass over the archive each; the SSL pretraining takes one batch fewer
-#     per epoch, its 4 pretext-metric cases held out), exactly benchmarks/positive_control.sh's command, so that
-#     script's checkpoint can be copied into OUT/supervised/ instead of training it again;
+#     per epoch, its 4 pretext-metric cases held out), made by benchmarks/context_common.sh as positive_control.sh makes it,
+#     so that script's checkpoint can be copied into OUT/supervised/ (its steps are checked) instead of training it;
 #   - the negative control: the SSL weights with every tensor's entries permuted;
 #   - every arm moves what fits by name and shape (`init_parts: all`): the positive control its whole UNet
 #     (decoder and head included: RESULTS.md shows that the encoder alone cannot win at 10 % of the labels), the
@@ -35,18 +35,14 @@ SEEDS=${SEEDS:-0,1,2}
 WORKERS=${WORKERS:-1}
 QUIET=(--trainer.enable_progress_bar false --trainer.enable_model_summary false)
 mkdir -p "$OUT"
-[ -f "$OUT/data/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$OUT/data" --cases "$CASES" --seed 0 --difficulty context
-[ -f "$OUT/archive/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$OUT/archive" --cases "$ARCHIVE" --seed 1000 --first-patient 20000 --difficulty context
+source "$(dirname "$0")/context_common.sh"
+make_context_data "$OUT" "$CASES" "$ARCHIVE"
 [ -f "$OUT/pretrain/checkpoints/last.ckpt" ] || \
     medssl fit --config configs/pretrain/cswin_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
         --trainer.max_epochs "$EPOCHS_PRE" --trainer.default_root_dir "$OUT/pretrain" "${QUIET[@]}"
-[ -f "$OUT/supervised/checkpoints/last.ckpt" ] || \
-    medssl fit --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/archive" --data.cache_dir "$OUT/cache" \
-        --data.n_folds 5 --data.fold 0 --data.split_file "$OUT/supervised_splits.json" \
-        --data.train_batches_per_epoch "$STEPS_PRE" --trainer.max_epochs "$EPOCHS_PRE" \
-        --trainer.limit_val_batches 0 --trainer.default_root_dir "$OUT/supervised" "${QUIET[@]}"
+python -c "import json, sys; e = json.load(open(sys.argv[1]))['epoch']; e == $EPOCHS_PRE or sys.exit(f'error: {sys.argv[1]}: the pretraining ran {e} epochs, EPOCHS_PRE is $EPOCHS_PRE: move it away to pretrain again')" \
+    "$OUT/pretrain/checkpoints/pretext.json"
+supervised_control "$OUT" "$OUT/archive" "$EPOCHS_PRE" "$STEPS_PRE" "$OUT/cache"
 medssl cv --config configs/finetune/cswin_picai_tiny.yaml --data.root "$OUT/data" --data.cache_dir "$OUT/cache" \
     --model.init_args.init_from "$OUT/pretrain/checkpoints/last.ckpt" --model.init_args.init_parts all --twin \
     --control "supervised=$OUT/supervised/checkpoints/last.ckpt" --control shuffled \

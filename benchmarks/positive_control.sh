@@ -13,7 +13,7 @@ OUT=${1:-runs/positive_control}
 FROM=${2:-runs/label_efficiency}
 CASES=${CASES:-60}
 ARCHIVE=${ARCHIVE:-600}
-EPOCHS_PRE=${EPOCHS_PRE:-15}      # as label_efficiency.sh: its supervised step is this command
+EPOCHS_PRE=${EPOCHS_PRE:-15}      # as label_efficiency.sh (context_common.sh's supervised_control)
 STEPS_PRE=${STEPS_PRE:-150}       # one pass over the 600-study archive in batches of 4, as the SSL pretraining
 EPOCHS_FT=${EPOCHS_FT:-20}
 STEPS=${STEPS:-6}
@@ -21,15 +21,9 @@ FRACTIONS=${FRACTIONS:-0.1}
 SEEDS=${SEEDS:-0,1,2}
 QUIET=(--trainer.enable_progress_bar false --trainer.enable_model_summary false)
 mkdir -p "$OUT"
-[ -f "$FROM/data/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$FROM/data" --cases "$CASES" --seed 0 --difficulty context
-[ -f "$FROM/archive/picai_labels/clinical_information/marksheet.csv" ] || \
-    medssl synth picai "$FROM/archive" --cases "$ARCHIVE" --seed 1000 --first-patient 20000 --difficulty context
-[ -f "$OUT/supervised/checkpoints/last.ckpt" ] || \
-    medssl fit --config configs/finetune/cswin_picai_tiny.yaml --data.root "$FROM/archive" --data.cache_dir "$OUT/cache" \
-        --data.n_folds 5 --data.fold 0 --data.split_file "$OUT/supervised_splits.json" \
-        --data.train_batches_per_epoch "$STEPS_PRE" --trainer.max_epochs "$EPOCHS_PRE" \
-        --trainer.limit_val_batches 0 --trainer.default_root_dir "$OUT/supervised" "${QUIET[@]}"
+source "$(dirname "$0")/context_common.sh"
+make_context_data "$FROM" "$CASES" "$ARCHIVE"
+supervised_control "$OUT" "$FROM/archive" "$EPOCHS_PRE" "$STEPS_PRE" "$OUT/cache"
 medssl cv --config configs/finetune/cswin_picai_tiny.yaml --data.root "$FROM/data" --data.cache_dir "$OUT/cache" \
     --control "supervised=$OUT/supervised/checkpoints/last.ckpt" \
     --train-fractions "$FRACTIONS" --seeds "$SEEDS" \
